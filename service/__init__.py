@@ -1,0 +1,1 @@
+"""The interlingua service: the model runtime (``service.runtime``, no web dependencies) and the HTTP app."""

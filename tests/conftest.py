@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny models are built once per test session and saved as real checkpoint folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.runtime.loading import LoadedModel, load_model
+from tests.tiny import save_tiny
+
+ARCHS = ("llama", "mistral", "gemma3")
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    # Different vocabularies, so that source and target tokenise the same text differently.
+    return {
+        "llama": save_tiny(root / "llama", "llama", vocab_size=400, seed=0),
+        "mistral": save_tiny(root / "mistral", "mistral", vocab_size=300, seed=1),
+        "gemma3": save_tiny(root / "gemma3", "gemma3", vocab_size=500, seed=2),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_dirs: dict[str, Path]) -> dict[str, LoadedModel]:
+    return {arch: load_model(str(path), name=arch) for arch, path in tiny_dirs.items()}

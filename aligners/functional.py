@@ -53,40 +53,51 @@ def row_chunks(n: int, size: int = CHUNK_ROWS) -> Iterator[slice]:
         yield slice(start, min(n, start + size))
 
 
+def _mm_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """Products run in float64 for float64 inputs and in float32 otherwise (half inputs are promoted)."""
+    return torch.float64 if all(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
 def column_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean over rows, accumulated in float64. (d,)"""
+    # Chunk sums in the product dtype (torch sums pairwise: float32 chunk sums are accurate to ~1e-7 relative and
+    # six times faster than upcasting every element), accumulated across chunks in float64.
     total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    dtype = _mm_dtype(x)
     for rows in row_chunks(x.shape[0]):
-        total += x[rows].to(torch.float64).sum(dim=0)
+        total += x[rows].to(dtype).sum(dim=0).to(torch.float64)
     return total / x.shape[0]
 
 
-def centred_frobenius(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """Frobenius norm of ``x - mean``, accumulated in float64 without materialising the centred copy. ()"""
-    total = torch.zeros((), dtype=torch.float64, device=x.device)
+def _centred_chunks(x: torch.Tensor, mean: torch.Tensor | None) -> Iterator[torch.Tensor]:
+    """Row chunks of ``x − mean`` in the product dtype.
+
+    Centring float32 data in float32 loses nothing float32 storage had not already lost: x and the mean are close,
+    so the subtraction is (nearly) exact, and what remains is the spread about the mean. Centring before the products
+    is what matters: products of uncentred hidden states (a large common offset) would drown the spread in round-off.
+    """
+    dtype = _mm_dtype(x)
+    m = None if mean is None else mean.to(dtype)
     for rows in row_chunks(x.shape[0]):
-        total += (x[rows].to(torch.float64) - mean).square().sum()
+        chunk = x[rows].to(dtype)
+        yield chunk if m is None else chunk - m
+
+
+def centred_frobenius(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Frobenius norm of ``x − mean``, summed in float64. ()"""
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for chunk in _centred_chunks(x, mean):
+        total += chunk.square().sum(dtype=torch.float64)
     return total.sqrt()
 
 
 def _matmul_chunks(
     x: torch.Tensor, y: torch.Tensor, x_mean: torch.Tensor | None, y_mean: torch.Tensor | None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield row chunks of (optionally centred) x and y, ready to multiply.
-
-    Float64 inputs stay float64. Float32 (and half) inputs are centred in float64, then handed out as float32: the
-    centring removes the large common offset of hidden states (the part that would lose digits), and float32 GEMM is
-    about twice as fast as float64 on CPUs. Callers sum the chunk products in float64.
-    """
-    mm_dtype = torch.float64 if x.dtype == torch.float64 and y.dtype == torch.float64 else torch.float32
-    for rows in row_chunks(x.shape[0]):
-        xs = x[rows].to(torch.float64)
-        ys = y[rows].to(torch.float64)
-        if x_mean is not None:
-            xs = xs - x_mean
-        if y_mean is not None:
-            ys = ys - y_mean
-        yield xs.to(mm_dtype), ys.to(mm_dtype)
+    """Yield matching row chunks of (optionally centred) x and y in one product dtype; callers sum in float64."""
+    dtype = _mm_dtype(x, y)
+    for xs, ys in zip(_centred_chunks(x, x_mean), _centred_chunks(y, y_mean), strict=True):
+        yield xs.to(dtype), ys.to(dtype)
 
 
 def cross_covariance(
@@ -111,24 +122,14 @@ def gram_and_cross(
     return g, c
 
 
-def polar_factor(m: torch.Tensor, cond_limit: float = 1e8) -> torch.Tensor:
-    """The orthogonal polar factor U Vᵀ of m = U Σ Vᵀ (thin SVD); (d_out, d_in) -> same shape, float64.
+def polar_factor(m: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The orthogonal polar factor U Vᵀ of m = U Σ Vᵀ (thin SVD), computed in ``dtype``; returned as float64.
 
-    When m is well conditioned (σ_max² / σ_min² below ``cond_limit``) the factor comes from the symmetric eigen-
-    decomposition of the smaller Gram matrix, about twice as fast as an SVD; its error grows with that ratio times
-    machine epsilon (≈1e-8 at the limit). Otherwise (rank-deficient or ill-conditioned m) it falls back to the SVD.
-    The result has orthonormal rows or columns, whichever is fewer.
+    The result has orthonormal rows or columns, whichever are fewer. The SVD runs in the data's precision: float64
+    for float64 data, float32 for float32 data (as scipy does), where it is about twice as fast on CPUs.
     """
-    m = m.to(torch.float64)
-    tall = m.shape[0] >= m.shape[1]
-    gram = m.T @ m if tall else m @ m.T
-    evals, evecs = torch.linalg.eigh(gram)
-    top = float(evals[-1])
-    if top > 0 and float(evals[0]) > top / cond_limit:
-        inv_sqrt = (evecs * evals.rsqrt()) @ evecs.T
-        return m @ inv_sqrt if tall else inv_sqrt @ m
-    u, _, vh = torch.linalg.svd(m, full_matrices=False)
-    return u @ vh
+    u, _, vh = torch.linalg.svd(m.to(dtype), full_matrices=False)
+    return (u @ vh).to(torch.float64)
 
 
 def procrustes_solve(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -136,19 +137,25 @@ def procrustes_solve(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor
 
     Xn = (X − μx)/sx, Yn = (Y − μy)/sy with s the Frobenius norm of the centred matrix; W = U Vᵀ from the SVD of
     Ynᵀ Xn, which minimises ‖Xn Wᵀ − Yn‖ over (semi-)orthogonal W. Positive scalings do not change the polar factor, so
-    W is computed from the unscaled centred cross-covariance. Returns float64 tensors weight (d_tgt, d_src),
-    x_mean (d_src,), y_mean (d_tgt,), x_scale (), y_scale ().
+    W comes from the unscaled centred cross-covariance, and both norms are summed in the same pass over the data.
+    Returns float64 tensors weight (d_tgt, d_src), x_mean (d_src,), y_mean (d_tgt,), x_scale (), y_scale ().
     """
     x_mean, y_mean = column_mean(x), column_mean(y)
-    x_scale, y_scale = centred_frobenius(x, x_mean), centred_frobenius(y, y_mean)
-    if float(x_scale) == 0.0 or float(y_scale) == 0.0:
+    cross = torch.zeros(y.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+    x_sq = torch.zeros((), dtype=torch.float64, device=x.device)
+    y_sq = torch.zeros((), dtype=torch.float64, device=x.device)
+    for xs, ys in _matmul_chunks(x, y, x_mean, y_mean):
+        cross += (ys.T @ xs).to(torch.float64)
+        x_sq += xs.square().sum(dtype=torch.float64)
+        y_sq += ys.square().sum(dtype=torch.float64)
+    if float(x_sq) == 0.0 or float(y_sq) == 0.0:
         raise ValueError("X and Y must vary across rows: a centred matrix with zero norm cannot be normalised")
     return {
-        "weight": polar_factor(cross_covariance(x, y, x_mean, y_mean)),
+        "weight": polar_factor(cross, _mm_dtype(x, y)),
         "x_mean": x_mean,
         "y_mean": y_mean,
-        "x_scale": x_scale,
-        "y_scale": y_scale,
+        "x_scale": x_sq.sqrt(),
+        "y_scale": y_sq.sqrt(),
     }
 
 
@@ -198,6 +205,17 @@ def ridge_grid(gram: torch.Tensor) -> list[float]:
     return [0.0] + [scale * 10.0**k for k in range(-7, 2)]
 
 
+def ridge_weight(gram: torch.Tensor, cross: torch.Tensor, lam: float) -> torch.Tensor:
+    """W (d_tgt, d_src) solving (G + λI) Wᵀ = Cᵀ: a Cholesky solve for λ > 0 (one d³/3 factorisation), the
+    eigendecomposition's minimum-norm solution for λ = 0 or a Gram matrix too ill-conditioned to factor."""
+    if lam > 0:
+        eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        factor, info = torch.linalg.cholesky_ex(gram + lam * eye)
+        if int(info) == 0:
+            return torch.cholesky_solve(cross.T, factor).T
+    return RidgeProblem(gram, cross).weight(lam)
+
+
 def ridge_solve(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -208,12 +226,15 @@ def ridge_solve(
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Ridge least squares in float64, with the ridge strength chosen on a held-out split when ``lam`` is None.
 
-    ``centre=True`` fits an affine map (the intercept is not penalised: both sides are centred with the fit data's
-    means and the bias is μy − W μx). Returns tensors {weight (d_tgt, d_src), bias (d_tgt,) if centred} and fit
-    information {lam, val_mse when chosen}.
+    ``centre=True`` fits an affine map (the intercept is not penalised: both sides are centred with the data's means
+    and the bias is μy − W μx). After choosing λ, the final fit on all rows reuses the two splits' statistics (a Gram
+    matrix is a sum over rows; re-centring about the overall mean is a rank-one correction), so the data are read
+    once. Returns tensors {weight (d_tgt, d_src), bias (d_tgt,) if centred} and fit information {lam, val_mse}.
     """
     n = x.shape[0]
     info: dict[str, float] = {}
+    x_mean = column_mean(x) if centre else None
+    y_mean = column_mean(y) if centre else None
     if lam is None:
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(x.device)
         n_val = max(1, round(n * val_fraction))
@@ -224,18 +245,20 @@ def ridge_solve(
         g_fit, c_fit = gram_and_cross(xf, yf, xm, ym)
         g_val, c_val = gram_and_cross(xv, yv, xm, ym)
         yv64 = yv.to(torch.float64) - (ym if ym is not None else 0.0)
-        problem = RidgeProblem(g_fit, c_fit)
         lams = ridge_grid(g_fit)
-        errors = problem.validation_errors(lams, g_val, c_val, float(yv64.square().sum()))
+        errors = RidgeProblem(g_fit, c_fit).validation_errors(lams, g_val, c_val, float(yv64.square().sum()))
         best = min(range(len(lams)), key=lambda i: errors[i])
-        lam = lams[best]
         # Scale λ with the sample count: the penalty is per ‖W‖² while the loss sums over samples.
-        lam = lam * n / xf.shape[0]
+        lam = lams[best] * n / xf.shape[0]
         info["val_mse"] = errors[best] / (n_val * y.shape[1])
-    x_mean = column_mean(x) if centre else None
-    y_mean = column_mean(y) if centre else None
-    gram, cross = gram_and_cross(x, y, x_mean, y_mean)
-    weight = RidgeProblem(gram, cross).weight(lam)
+        gram, cross = g_fit + g_val, c_fit + c_val  # both about the fit split's means
+        if x_mean is not None and y_mean is not None and xm is not None and ym is not None:
+            dx, dy = x_mean - xm, y_mean - ym
+            gram -= n * torch.outer(dx, dx)
+            cross -= n * torch.outer(dy, dx)
+    else:
+        gram, cross = gram_and_cross(x, y, x_mean, y_mean)
+    weight = ridge_weight(gram, cross, lam)
     info["lam"] = float(lam)
     tensors = {"weight": weight}
     if x_mean is not None and y_mean is not None:

@@ -34,7 +34,7 @@ class LoRA(Aligner):
 
     def __init__(
         self,
-        base: str = "affine",
+        base: str = "procrustes",
         base_params: dict[str, Any] | None = None,
         rank: int = 8,
         alpha: float = 16.0,

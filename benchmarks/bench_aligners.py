@@ -65,6 +65,7 @@ def main() -> None:
         info = aligner.fit_info
         note = ", ".join(f"{k}={v:.3g}" for k, v in info.items() if k in ("lam", "epochs", "val_mse"))
         rows.append((kind, seconds, note))
+        print(f"  {kind}: {seconds:.1f} s", flush=True)
     rows.append(("scipy orthogonal_procrustes", t_scipy, "the call alone, on prepared data"))
     rows.append(("scipy + prep", t_scipy + t_prep, "plus centring and normalisation in numpy"))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,17 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny(tiny_dirs: dict[str, Path]) -> dict[str, LoadedModel]:
     return {arch: load_model(str(path), name=arch) for arch, path in tiny_dirs.items()}
+
+
+@pytest.fixture(scope="session")
+def real_pair() -> dict[str, LoadedModel]:
+    """smollm2 and gemma3, loaded once per session. Skips when the pair is not installed, unless
+    INTERLINGUA_REQUIRE_REAL=1 (``make test``, CI), where a missing pair is an error."""
+    from service.runtime.realpair import ModelNotInstalledError
+
+    try:
+        return {alias: load_model(alias, name=alias) for alias in ("smollm2", "gemma3")}
+    except ModelNotInstalledError as err:
+        if os.environ.get("INTERLINGUA_REQUIRE_REAL") == "1":
+            raise
+        pytest.skip(f"real pair not installed ({err}); run `make models`")

@@ -57,6 +57,7 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks)
 
 
 @dataclass
@@ -156,6 +157,9 @@ class Prefill:
         self.cache = KVCache.empty(self.stack.n_layers)
         self.mode = prompts[0].mode
         self.layer = prompts[0].layer if self.mode != "native" else 0
+        # Per prompt, final hidden states (before the norm) from the last position before the suffix through the end
+        # of the suffix: what scoring the suffix's likelihood needs. Set by run().
+        self.tails: list[torch.Tensor] = []
 
     def run(self, capture: set[int] | None = None) -> tuple[torch.Tensor, list[int], dict[int, torch.Tensor]]:
         """Returns (last logits (B, vocab), next position per prompt, captured prefix states per layer (B, n, d))."""
@@ -175,6 +179,7 @@ class Prefill:
                 stack.embed(ids), 0, n_layers, _positions([0] * b, valid), valid, self.cache, None, capture
             )
             captured = {k: v[:, 1 : 1 + max(p.prefix_len for p in self.prompts)] for k, v in cap.items()}
+            self.tails = [h[i, p.prefix_len : p.prefix_len + 1 + len(p.suffix_ids)] for i, p in enumerate(self.prompts)]
             return self._last_logits(h, valid), [int(v) for v in valid.sum(dim=1)], captured
 
         if self.mode == "last_token":
@@ -189,6 +194,7 @@ class Prefill:
                 given = p.last_state.to(device=h.device, dtype=h.dtype)
                 h[i, last] = {"replace": given, "sum": h[i, last] + given, "mean": (h[i, last] + given) / 2}[p.op]
             h, _ = stack.run(h, self.layer, n_layers, pos, valid, self.cache)
+            self.tails = [h[i, : 1 + len(p.suffix_ids)] for i, p in enumerate(self.prompts)]
             return self._last_logits(h, valid), [int(v) for v in valid.sum(dim=1)], captured
 
         # replace / full / embeds: start token through blocks <= ℓ, then [start, prefix] through blocks > ℓ.
@@ -226,10 +232,16 @@ class Prefill:
         next_pos = [1 + p.prefix_len for p in self.prompts]
 
         suffix_ids, suffix_valid = _pad_ids([p.suffix_ids for p in self.prompts], dev)
+        last_prefix = [h[i, p.prefix_len : p.prefix_len + 1] for i, p in enumerate(self.prompts)]
         if suffix_ids.shape[1] == 0:
+            self.tails = last_prefix
             return self._last_logits(h, joint_valid), next_pos, captured
         spos = _positions(next_pos, suffix_valid)
         hs, _ = stack.run(stack.embed(suffix_ids), 0, n_layers, spos, suffix_valid, self.cache)
+        self.tails = [
+            torch.cat([last_prefix[i], hs[i, : len(p.suffix_ids)].to(last_prefix[i].device)])
+            for i, p in enumerate(self.prompts)
+        ]
         logits = self._last_logits(hs, suffix_valid)
         # Prompts without a suffix take their logits from the prefix pass.
         no_suffix = [i for i, p in enumerate(self.prompts) if not p.suffix_ids]
@@ -242,6 +254,20 @@ class Prefill:
         last = valid.sum(dim=1) - 1
         rows = h[torch.arange(h.shape[0], device=h.device), last.to(h.device)]
         return self.stack.logits(rows)
+
+
+def suffix_nll(target: LoadedModel, prompts: list[Prompt]) -> list[float]:
+    """Mean negative log-likelihood (nats per token) of each prompt's suffix tokens, given what precedes them."""
+    prefill = Prefill(target, prompts)
+    prefill.run()
+    out = []
+    for tail, p in zip(prefill.tails, prompts, strict=True):
+        if not p.suffix_ids:
+            raise ValueError("suffix_nll needs a non-empty suffix to score")
+        logits = target.stack.logits(tail[:-1])  # position t predicts suffix token t
+        targets = torch.tensor(p.suffix_ids, device=logits.device)
+        out.append(float(torch.nn.functional.cross_entropy(logits, targets)))
+    return out
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
@@ -282,7 +308,7 @@ class _Request:
 
     def push(self, token: int) -> str:
         """Add a token; returns the text that is now safe to stream."""
-        if token in self.target.eos_token_ids:
+        if token in self.target.eos_token_ids and not self.params.ignore_eos:
             self.done, self.finish = True, "stop"
         else:
             self.ids.append(token)

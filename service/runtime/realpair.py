@@ -50,9 +50,16 @@ def prepare(alias: str) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Prepare the real small pair (smollm2, gemma3) for offline use.")
-    parser.add_argument("aliases", nargs="*", default=list(ALIASES), choices=ALIASES)
-    for alias in parser.parse_args().aliases:
-        print(f"{alias}: {prepare(alias)}", flush=True)
+    parser.add_argument("aliases", nargs="*", metavar="ALIAS", help=f"which to prepare (default: {' '.join(ALIASES)})")
+    aliases = parser.parse_args().aliases or list(ALIASES)
+    unknown = sorted(set(aliases) - set(ALIASES))
+    if unknown:
+        parser.error(f"unknown alias(es) {unknown}; known: {', '.join(ALIASES)}")
+    for alias in aliases:
+        try:
+            print(f"{alias}: {prepare(alias)}", flush=True)
+        except ModelNotInstalledError as err:
+            parser.exit(2, f"error: {err}\n")
 
 
 if __name__ == "__main__":

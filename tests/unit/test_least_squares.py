@@ -89,3 +89,20 @@ def test_float32_inputs_give_float64_quality_solution() -> None:
     m = Affine(lam=0.0).fit(x.float(), y.float())
     assert m.tensors is not None
     torch.testing.assert_close(m.tensors["weight"], w, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["linear", "affine"])
+def test_auto_lambda_final_fit_equals_closed_form_on_all_rows(kind: str) -> None:
+    # The final fit merges the two splits' statistics; it must equal a direct solve at the chosen λ.
+    x, y, _, _ = planted(300, 12, 7, noise=2.0, bias=True, seed=7)
+    m = build(kind).fit(x, y)
+    lam = m.fit_info["lam"]
+    assert m.tensors is not None
+    if kind == "affine":
+        xc, yc = x - x.mean(dim=0), y - y.mean(dim=0)
+    else:
+        xc, yc = x, y
+    expected = torch.linalg.solve(xc.T @ xc + lam * torch.eye(12, dtype=torch.float64), xc.T @ yc).T
+    torch.testing.assert_close(m.tensors["weight"], expected, atol=1e-8, rtol=1e-8)
+    if kind == "affine":
+        torch.testing.assert_close(m.tensors["bias"], y.mean(dim=0) - expected @ x.mean(dim=0), atol=1e-8, rtol=1e-8)

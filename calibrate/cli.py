@@ -1,0 +1,257 @@
+"""``interlingua-calibrate`` (also ``python -m calibrate``): fit maps between two models, evaluate them, list them.
+
+interlingua-calibrate fit --source smollm2 --target gemma3 --out maps
+interlingua-calibrate eval --maps maps --modes replace,full,last_token,embeds
+interlingua-calibrate list maps
+interlingua-calibrate show maps/smollm2__gemma3/L8-L4/affine.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from aligners import MapFileError, read_header
+from calibrate.data import DataError, read_items, split_items
+from calibrate.fit import METHODS, Side, layer_pairs, sweep
+from calibrate.layers import check_range, parse_layers
+from calibrate.store import MapStore
+from service.runtime.loading import LoadedModel, ModelSpecError, cache_home, load_model
+
+DEFAULT_DATA = "builtin:fictional-qa"
+
+
+def model_name(spec: str) -> str:
+    """A short, path-safe name for a model spec: the alias, a folder's or file's name, or a hub id's last part."""
+    name = Path(spec.rstrip("/")).name
+    return name.removesuffix(".gguf").replace("__", "_") or spec
+
+
+def _load(spec: str, args: argparse.Namespace) -> LoadedModel:
+    print(f"loading {spec} ...", file=sys.stderr, flush=True)
+    return load_model(spec, name=model_name(spec), dtype=args.dtype, device=args.device)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from calibrate.extract import extract
+
+    timings: dict[str, float] = {}
+    items = read_items(args.data, seed=args.seed, builtin_size=args.samples + args.eval_samples)
+    calib, held = split_items(items, args.samples, args.eval_samples, args.seed)
+    if len(calib) < args.samples:
+        print(f"note: {args.data} has {len(calib)} calibration passages (asked for {args.samples})", file=sys.stderr)
+    source_layers = parse_layers(args.layers)
+    target_layers = parse_layers(args.target_layers) if args.target_layers else None
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+
+    models = {"a": _load(args.source, args), "b": _load(args.target, args)}
+    directions = [("a", "b")] + ([("b", "a")] if args.directions == "both" else [])
+    plans: list[tuple[str, str, list[tuple[int, int]]]] = []
+    needed: dict[str, set[int]] = {"a": set(), "b": set()}
+    for s, t in directions:
+        src, tgt = models[s], models[t]
+        check_range(source_layers, src.n_layers, src.name, "--layers")
+        if target_layers is not None:
+            check_range(target_layers, tgt.n_layers, tgt.name, "--target-layers", allow_last=False)
+        pairs = layer_pairs(source_layers, target_layers, src.n_layers, tgt.n_layers, args.full)
+        pairs = [(ls, min(lt, tgt.n_layers - 1)) for ls, lt in pairs]  # injection layers stop below N
+        plans.append((s, t, pairs))
+        needed[s].update(ls for ls, _ in pairs)
+        needed[t].update(lt for _, lt in pairs)
+
+    texts = [it.context for it in calib]
+    encoded = {}
+    for side, model in models.items():
+        start = time.perf_counter()
+        encoded[side] = extract(model, texts, sorted(needed[side]), Path(args.cache))
+        timings[f"extract {model.name}"] = time.perf_counter() - start
+
+    store = MapStore(args.out)
+    metadata = {"data": args.data, "seed": args.seed, "n_passages": len(calib), "format": "interlingua.map"}
+    rows: list[dict[str, Any]] = []
+    for s, t, pairs in plans:
+        sides = Side(models[s].name, models[s], encoded[s]), Side(models[t].name, models[t], encoded[t])
+        for result in sweep(*sides, pairs, methods, store, metadata, args.seed):
+            rows.append(
+                {
+                    **result.key.as_dict(),
+                    **result.metrics,
+                    "fit_seconds": result.fit_seconds,
+                    "n_pairs_fit": result.n_fit,
+                    "n_pairs_heldout": result.n_heldout,
+                }
+            )
+            timings[f"fit {result.key.method}"] = timings.get(f"fit {result.key.method}", 0.0) + result.fit_seconds
+
+    manifest = store.manifest()
+    manifest["calibration"] = {
+        "data": args.data,
+        "seed": args.seed,
+        "samples": args.samples,
+        "eval_samples": args.eval_samples,
+        "n_passages": len(calib),
+        "n_heldout_items": len(held),
+        "models": {m.name: {"spec": m.spec, "fingerprint": m.fingerprint} for m in models.values()},
+    }
+    store.write_manifest(manifest)
+    store.choose_defaults(by="r2")
+    report = {"rows": rows, "timings_s": timings, "calibration": manifest["calibration"]}
+    (store.root / "fit-report.json").write_text(json.dumps(report, indent=1))
+    from calibrate.report import fit_markdown
+
+    (store.root / "fit-report.md").write_text(fit_markdown(rows, timings))
+    print(fit_markdown(rows, timings))
+    print(f"wrote {len(rows)} maps and {store.manifest_path}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from calibrate.evaluate import run_eval
+
+    return run_eval(args)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    store = MapStore(args.dir)
+    if not store.manifest_path.exists():
+        raise ValueError(f"{args.dir}: no {store.manifest_path.name} here (run `fit` first)")
+    defaults = store.manifest().get("defaults", {})
+    print("| source | target | layers | method | R² | cos (mean baseline) | retrieval@1 | F1 | default |")
+    print("|---|---|---|---|---:|---:|---:|---:|---|")
+    for e in store.entries():
+        d = defaults.get(f"{e['source']}__{e['target']}", {})
+        is_default = all(d.get(k) == e[k] for k in ("source_layer", "target_layer", "method")) and bool(d)
+        m = e.get("metrics", {})
+        f1 = e.get("eval", {}).get("f1")
+        print(
+            f"| {e['source']} | {e['target']} | L{e['source_layer']}->L{e['target_layer']} | {e['method']} | "
+            f"{m.get('r2', float('nan')):.3f} | {m.get('cosine', float('nan')):.3f} "
+            f"({m.get('mean_baseline_cosine', float('nan')):.3f}) | {m.get('retrieval_at_1', float('nan')):.3f} | "
+            f"{'' if f1 is None else f'{f1:.1f}'} | {'yes' if is_default else ''} |"
+        )
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    header = read_header(args.map)
+    shown = {
+        k: (json.loads(v) if k.startswith("meta.") or k in ("params", "fit_info") else v) for k, v in header.items()
+    }
+    print(json.dumps(shown, indent=1, sort_keys=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="interlingua-calibrate",
+        description="Fit alignment maps between two models' hidden spaces, evaluate them, and list them.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+        p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or cuda:N,M (shard); default cpu")
+        p.add_argument(
+            "--cache",
+            default=str(cache_home() / "cache"),
+            help="folder for cached states (default $INTERLINGUA_HOME/cache)",
+        )
+        p.add_argument("--seed", type=int, default=0, help="data split, generator and fitting seed (default 0)")
+
+    fit = sub.add_parser(
+        "fit",
+        help="extract paired states and fit maps",
+        description=(
+            "Run both models over N passages, pair per-token states by character offsets, fit every method for every "
+            "layer pair and direction, and write the maps, a manifest and a report."
+        ),
+    )
+    fit.add_argument("--source", required=True, help="model A: smollm2, gemma3, a folder, a .gguf file or a hub id")
+    fit.add_argument("--target", required=True, help="model B (same forms as --source)")
+    fit.add_argument(
+        "--data",
+        default=DEFAULT_DATA,
+        help="SQuAD v1.1/v2.0 JSON, JSONL with context or text, hf:NAME[:SPLIT], or builtin:fictional-qa "
+        f"(default {DEFAULT_DATA})",
+    )
+    fit.add_argument("--samples", type=int, default=1000, help="calibration passages (default 1000)")
+    fit.add_argument(
+        "--eval-samples", type=int, default=200, help="QA items held out from calibration for `eval` (default 200)"
+    )
+    fit.add_argument("--layers", default="8-16", help="source layers, e.g. 8-16 or 4,8,12 (default 8-16)")
+    fit.add_argument(
+        "--target-layers",
+        default=None,
+        help="target layers; every pair with --layers is fitted (default: same relative depth)",
+    )
+    fit.add_argument(
+        "--methods",
+        default="procrustes,linear,affine,lora",
+        help=f"comma-separated, from {', '.join(METHODS)} (default procrustes,linear,affine,lora)",
+    )
+    fit.add_argument("--directions", default="both", choices=["both", "forward"])
+    fit.add_argument("--full", action="store_true", help="also fit the per-layer maps the `full` mode needs")
+    fit.add_argument("--out", default="maps", help="map store folder (default ./maps)")
+    model_options(fit)
+    fit.set_defaults(func=cmd_fit)
+
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate the maps of a store on held-out items",
+        description=(
+            "Score the maps on items held out from calibration: representation metrics, continuation NLL (context "
+            "benefit recovered) and extractive QA (EM/F1 with native, question-alone and identity-control baselines)."
+        ),
+    )
+    ev.add_argument("--maps", required=True, help="map store folder written by `fit`")
+    ev.add_argument("--data", default=None, help="evaluation data (default: the calibration data, held-out items)")
+    ev.add_argument("--samples", type=int, default=100, help="held-out QA items (default 100)")
+    ev.add_argument(
+        "--modes",
+        default="replace,full,last_token,embeds",
+        help="comma-separated handover modes (default replace,full,last_token,embeds)",
+    )
+    ev.add_argument("--max-new-tokens", type=int, default=12)
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--out", default=None, help="report folder (default: the map store)")
+    model_options(ev)
+    ev.set_defaults(func=cmd_eval)
+
+    ls = sub.add_parser("list", help="list the maps of a store with their metrics")
+    ls.add_argument("dir")
+    ls.set_defaults(func=cmd_list)
+    show = sub.add_parser("show", help="print one map file's metadata")
+    show.add_argument("map")
+    show.set_defaults(func=cmd_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("samples", "eval_samples", "batch_size", "max_new_tokens"):
+        if getattr(args, name, 1) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    try:
+        return int(args.func(args))
+    except (DataError, ModelSpecError, MapFileError, ValueError, LookupError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished extraction shards are cached; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

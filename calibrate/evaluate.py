@@ -1,0 +1,323 @@
+"""``eval``: how much of the target's native performance survives the handover, on items held out from calibration.
+
+Per direction (source -> target), on the same held-out items:
+- baselines: ``native`` (the target reads context and question), ``alone`` (question only), and the continuation
+  NLL with the context read natively and with none;
+- identity control: the target hands its own states to itself (identity map) in each mode and layer: the cost of the
+  injection itself, apart from translation error;
+- translated: every map is screened in ``replace`` mode on a few items; the best layer pair of each method is then
+  evaluated in every requested mode on all items (QA EM/F1, % of native, continuation NLL and context benefit
+  recovered, CBR = (NLL_none − NLL_translated) / (NLL_none − NLL_native)).
+The QA prompt is "{context}\\nQuestion: {question}\\nAnswer:", the context handed over, the rest read natively; greedy
+decoding; the answer is the first non-empty line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from aligners import Aligner
+from calibrate.data import Item, read_items, split_items
+from calibrate.report import heatmap
+from calibrate.scoring import exact_match, f1_score, first_line
+from calibrate.store import MapKey, MapStore
+from service.runtime.encode import encode
+from service.runtime.generate import Prompt, SamplingParams, generate, suffix_nll
+from service.runtime.handover import LayerMap, matching_layer, prepare
+from service.runtime.loading import LoadedModel, load_model
+
+SCREEN_ITEMS = 16
+
+
+def qa_suffix(item: Item) -> str:
+    return f"\nQuestion: {item.question}\nAnswer:"
+
+
+def split_continuation(context: str) -> tuple[str, str]:
+    """(prefix, continuation): the last sentence is the continuation scored for NLL."""
+    cuts = [m.end() for m in re.finditer(r"[.!?](?=\s)", context)]
+    if not cuts:
+        mid = len(context) // 2
+        return context[:mid], context[mid:]
+    return context[: cuts[-1]], context[cuts[-1] :]
+
+
+PromptBuilder = Callable[[str, str], Prompt]
+
+
+def batched(
+    target: LoadedModel,
+    builder: PromptBuilder,
+    items: list[Item],
+    params: SamplingParams,
+    batch_size: int,
+    with_nll: bool = True,
+) -> dict[str, float]:
+    """QA EM/F1 (and, ``with_nll``, the continuation NLL) of one condition over ``items``."""
+    em, f1, nll = [], [], []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        outs = generate(target, [builder(it.context, qa_suffix(it)) for it in chunk], params)
+        for it, out in zip(chunk, outs, strict=True):
+            answer = first_line(out.text)
+            em.append(exact_match(answer, it.answers))
+            f1.append(f1_score(answer, it.answers))
+        if with_nll:
+            prompts = [builder(*split_continuation(it.context)) for it in chunk]
+            nll.extend(suffix_nll(target, prompts))
+    n = max(1, len(items))
+    scores = {"em": sum(em) / n, "f1": sum(f1) / n, "n": float(len(items))}
+    if with_nll:
+        scores["nll"] = sum(nll) / n
+    return scores
+
+
+def native_builder(target: LoadedModel) -> PromptBuilder:
+    def build(text: str, suffix: str) -> Prompt:
+        return prepare(target, target, text, suffix, "native", []).prompt
+
+    return build
+
+
+def alone_builder(target: LoadedModel) -> PromptBuilder:
+    def build(text: str, suffix: str) -> Prompt:
+        return Prompt("native", target.tokenize(suffix)[0], prefix_ids=[])
+
+    return build
+
+
+def identity_builder(target: LoadedModel, mode: str, layer: int) -> PromptBuilder:
+    """The target's own states handed to itself: a perfect map, the same layer and mode."""
+
+    def build(text: str, suffix: str) -> Prompt:
+        enc = encode(target, [text], list(range(layer + 1)))[0]
+        sfx = target.tokenize(suffix)[0]
+        if mode == "full":
+            return Prompt(
+                "full",
+                sfx,
+                layer=layer,
+                states=enc.states[layer],
+                layer_states={k: enc.states[k] for k in range(layer)},
+            )
+        if mode == "last_token":
+            return Prompt("last_token", sfx, layer=layer, last_state=enc.states[layer][-1])
+        return Prompt(mode, sfx, layer=layer, states=enc.states[layer])  # type: ignore[arg-type]
+
+    return build
+
+
+def translated_builder(source: LoadedModel, target: LoadedModel, mode: str, maps: list[LayerMap]) -> PromptBuilder:
+    def build(text: str, suffix: str) -> Prompt:
+        return prepare(source, target, text, suffix, mode, maps).prompt  # type: ignore[arg-type]
+
+    return build
+
+
+def _maps_for(
+    store: MapStore, source: LoadedModel, target: LoadedModel, key: MapKey, mode: str
+) -> list[LayerMap] | None:
+    """The maps a mode needs for this key, or None when the store lacks them (``full`` needs per-layer maps)."""
+
+    def one(ls: int, lt: int) -> Aligner | None:
+        k = MapKey(key.source, key.target, ls, lt, key.method)
+        if not (store.root / k.relpath).exists():
+            return None
+        return store.load(k, source.fingerprint, target.fingerprint)[0]
+
+    if mode == "embeds":
+        layers = [(key.source_layer, 0)]
+    elif mode == "full":
+        layers = [(matching_layer(k, target.n_layers, source.n_layers), k) for k in range(key.target_layer)]
+        layers.append((key.source_layer, key.target_layer))
+    else:
+        layers = [(key.source_layer, key.target_layer)]
+    maps = []
+    for ls, lt in layers:
+        aligner = one(ls, lt)
+        if aligner is None:
+            return None
+        maps.append(LayerMap(ls, lt, aligner))
+    return maps
+
+
+def evaluate_direction(
+    store: MapStore,
+    source: LoadedModel,
+    target: LoadedModel,
+    items: list[Item],
+    modes: list[str],
+    params: SamplingParams,
+    batch_size: int,
+) -> dict[str, Any]:
+    entries = store.entries(source.name, target.name)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    baselines = {
+        "native": batched(target, native_builder(target), items, params, batch_size),
+        "alone": batched(target, alone_builder(target), items, params, batch_size),
+    }
+    nll_none = [
+        suffix_nll(target, [Prompt("native", target.tokenize(split_continuation(it.context)[1])[0], prefix_ids=[])])[0]
+        for it in items
+    ]
+    baselines["none"] = {"nll": sum(nll_none) / max(1, len(nll_none))}
+    timings["baselines"] = time.perf_counter() - t0
+
+    def cbr(nll: float) -> float:
+        gap = baselines["none"]["nll"] - baselines["native"]["nll"]
+        return (baselines["none"]["nll"] - nll) / gap if gap else float("nan")
+
+    t0 = time.perf_counter()
+    screen: list[dict[str, Any]] = []
+    for e in tqdm(entries, desc=f"screen {source.name}->{target.name}", unit="map"):
+        key = MapKey(e["source"], e["target"], e["source_layer"], e["target_layer"], e["method"])
+        maps = _maps_for(store, source, target, key, "replace")
+        assert maps is not None  # the entry itself exists
+        scores = batched(
+            target, translated_builder(source, target, "replace", maps), items[:SCREEN_ITEMS], params, batch_size
+        )
+        screen.append({**key.as_dict(), "f1": scores["f1"], "nll": scores["nll"]})
+    timings["screen"] = time.perf_counter() - t0
+
+    best: dict[str, dict[str, Any]] = {}
+    for row in screen:
+        if row["method"] not in best or row["f1"] > best[row["method"]]["f1"]:
+            best[row["method"]] = row
+
+    t0 = time.perf_counter()
+    translated, identity = [], {}
+    for method, row in tqdm(sorted(best.items()), desc=f"modes {source.name}->{target.name}", unit="method"):
+        key = MapKey(row["source"], row["target"], row["source_layer"], row["target_layer"], method)
+        for mode in modes:
+            layer = 0 if mode == "embeds" else key.target_layer
+            maps = _maps_for(store, source, target, key, mode)
+            if maps is None:
+                translated.append({**key.as_dict(), "mode": mode, "missing": "maps not in store"})
+                continue
+            scores = batched(target, translated_builder(source, target, mode, maps), items, params, batch_size)
+            if (mode, layer) not in identity:
+                identity[(mode, layer)] = batched(
+                    target, identity_builder(target, mode, layer), items, params, batch_size
+                )
+            translated.append(
+                {
+                    **key.as_dict(),
+                    "mode": mode,
+                    **scores,
+                    "cbr": cbr(scores["nll"]),
+                    "pct_native": 100 * scores["f1"] / baselines["native"]["f1"]
+                    if baselines["native"]["f1"]
+                    else float("nan"),
+                    "identity_f1": identity[(mode, layer)]["f1"],
+                }
+            )
+    timings["modes"] = time.perf_counter() - t0
+    return {
+        "source": source.name,
+        "target": target.name,
+        "n_items": len(items),
+        "baselines": baselines,
+        "identity": [
+            {"mode": m, "layer": layer, **s, "cbr": cbr(s["nll"]) if "nll" in s else None}
+            for (m, layer), s in identity.items()
+        ],
+        "screen": screen,
+        "translated": translated,
+        "timings_s": timings,
+    }
+
+
+def eval_markdown(result: dict[str, Any]) -> str:
+    b = result["baselines"]
+    lines = [
+        f"### {result['source']} -> {result['target']} ({result['n_items']} held-out items)",
+        "",
+        f"Native F1 {b['native']['f1']:.1f} (EM {b['native']['em']:.1f}); question alone F1 {b['alone']['f1']:.1f}; "
+        f"continuation NLL native {b['native']['nll']:.3f}, no context {b['none']['nll']:.3f}.",
+        "",
+        "| method | layers | mode | EM | F1 | % of native | F1 alone | identity control F1 | NLL | CBR |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["translated"]:
+        layers = f"L{r['source_layer']}->L{0 if r['mode'] == 'embeds' else r['target_layer']}"
+        if "missing" in r:
+            lines.append(f"| {r['method']} | {layers} | {r['mode']} | n/a ({r['missing']}) | | | | | | |")
+            continue
+        pct = "n/a" if r["pct_native"] != r["pct_native"] else f"{r['pct_native']:.0f}%"
+        nll = "n/a" if r.get("nll") is None else f"{r['nll']:.3f}"
+        cbr = "n/a" if r.get("cbr") is None else f"{r['cbr']:.2f}"
+        lines.append(
+            f"| {r['method']} | {layers} | {r['mode']} | {r['em']:.1f} | {r['f1']:.1f} | {pct} | "
+            f"{b['alone']['f1']:.1f} | {r['identity_f1']:.1f} | {nll} | {cbr} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    store = MapStore(args.maps)
+    manifest = store.manifest()
+    calib = manifest.get("calibration")
+    if not manifest["maps"] or calib is None:
+        raise ValueError(f"{args.maps}: no fitted maps with calibration records (run `fit` first)")
+    if args.data is None:
+        items = read_items(calib["data"], seed=calib["seed"], builtin_size=calib["samples"] + calib["eval_samples"])
+        _, held = split_items(items, calib["samples"], calib["eval_samples"], calib["seed"])
+    else:
+        held = [it for it in read_items(args.data, seed=args.seed) if it.has_qa]
+    items = held[: args.samples]
+    if not items:
+        raise ValueError("no held-out QA items to evaluate on")
+    models = {
+        name: load_model(info["spec"], name=name, dtype=args.dtype, device=args.device)
+        for name, info in calib["models"].items()
+    }
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in ("replace", "full", "last_token", "embeds")]
+    if bad:
+        raise ValueError(f"unknown mode(s) {bad}; choose from replace, full, last_token, embeds")
+    params = SamplingParams(max_new_tokens=args.max_new_tokens)
+    out = Path(args.out or args.maps)
+    results = []
+    for source_name, target_name in sorted({(e["source"], e["target"]) for e in manifest["maps"]}):
+        result = evaluate_direction(
+            store, models[source_name], models[target_name], items, modes, params, args.batch_size
+        )
+        results.append(result)
+        values: dict[tuple[int, str], float] = {}
+        for row in result["screen"]:
+            cell = (row["source_layer"], row["method"])
+            values[cell] = max(values.get(cell, float("-inf")), row["f1"])
+        heatmap(
+            values,
+            f"{source_name} -> {target_name}: replace-mode F1 (best target layer)",
+            out / f"heatmap-{source_name}__{target_name}.png",
+            "F1",
+        )
+    # Record screening F1 in the manifest and make the best task F1 the default map.
+    manifest = store.manifest()
+    screened = {
+        (r["source"], r["target"], r["source_layer"], r["target_layer"], r["method"]): r["f1"]
+        for res in results
+        for r in res["screen"]
+    }
+    for e in manifest["maps"]:
+        k = (e["source"], e["target"], e["source_layer"], e["target_layer"], e["method"])
+        if k in screened:
+            e["eval"] = {"f1": screened[k], "items": SCREEN_ITEMS}
+    store.write_manifest(manifest)
+    store.choose_defaults(by="f1")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval-report.json").write_text(json.dumps(results, indent=1, default=float))
+    md = "\n".join(eval_markdown(r) for r in results)
+    (out / "eval-report.md").write_text(md)
+    print(md)
+    return 0

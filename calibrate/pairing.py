@@ -1,0 +1,37 @@
+"""Pair per-token states across two tokenizers by character offsets.
+
+Source token i pairs with target token j when their character spans end at the same offset of the same text: word
+ends mostly line up across tokenizers, so this yields about one pair per word. Tokens with empty spans (special
+tokens) are left out; where several tokens of one side end at the same offset (a character split into bytes), the
+last one, which has read the whole character, is kept.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _by_end(offsets: list[tuple[int, int]]) -> dict[int, int]:
+    ends: dict[int, int] = {}
+    for index, (start, end) in enumerate(offsets):
+        if end > start:
+            ends[end] = index
+    return ends
+
+
+def pair_indices(src_offsets: list[tuple[int, int]], tgt_offsets: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """Indices (source, target) of token pairs whose spans end at the same character."""
+    src_ends, tgt_ends = _by_end(src_offsets), _by_end(tgt_offsets)
+    shared = sorted(set(src_ends) & set(tgt_ends))
+    return [src_ends[e] for e in shared], [tgt_ends[e] for e in shared]
+
+
+def paired_states(
+    src_states: torch.Tensor,
+    src_offsets: list[tuple[int, int]],
+    tgt_states: torch.Tensor,
+    tgt_offsets: list[tuple[int, int]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of (n_pairs, d_src) and (n_pairs, d_tgt) for one text."""
+    si, ti = pair_indices(src_offsets, tgt_offsets)
+    return src_states[si], tgt_states[ti]

@@ -1,0 +1,56 @@
+"""Human-readable reports: Markdown tables for fits and evaluations, and heatmaps of the headline metric."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def fit_markdown(rows: list[dict[str, Any]], timings: dict[str, float]) -> str:
+    lines = [
+        "| direction | layers | method | R² | cosine | mean-baseline cosine | centred cosine | retrieval@1 | pairs |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["source"], r["source_layer"], r["target_layer"], r["method"])):
+        lines.append(
+            f"| {r['source']} -> {r['target']} | L{r['source_layer']}->L{r['target_layer']} | {r['method']} | "
+            f"{_f(r.get('r2'))} | {_f(r.get('cosine'))} | {_f(r.get('mean_baseline_cosine'))} | "
+            f"{_f(r.get('centred_cosine'))} | {_f(r.get('retrieval_at_1'))} | {r.get('n_pairs_fit', '')} |"
+        )
+    lines += ["", "| step | seconds |", "|---|---:|"] + [f"| {k} | {v:.1f} |" for k, v in timings.items()]
+    return "\n".join(lines) + "\n"
+
+
+def heatmap(
+    values: dict[tuple[int, str], float], title: str, path: Path, label: str, vmin: float | None = None
+) -> None:
+    """A source layer x method heatmap of one metric (best over target layers), saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = sorted({k[0] for k in values})
+    methods = sorted({k[1] for k in values})
+    grid = [[values.get((layer, m), float("nan")) for layer in layers] for m in methods]
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.5 + 0.7 * len(layers)), 1.5 + 0.5 * len(methods)))
+    im = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=vmin)
+    ax.set_xticks(range(len(layers)), [f"L{layer}" for layer in layers])
+    ax.set_yticks(range(len(methods)), methods)
+    ax.set_xlabel("source layer")
+    ax.set_title(title, fontsize=9)
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            if v == v:  # not NaN
+                ax.text(
+                    j, i, f"{v:.2f}" if abs(v) < 10 else f"{v:.0f}", ha="center", va="center", color="w", fontsize=7
+                )
+    fig.colorbar(im, ax=ax, label=label)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

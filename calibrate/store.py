@@ -1,0 +1,148 @@
+"""The map store: ``DIR/<source>__<target>/L<ℓs>-L<ℓt>/<method>.safetensors`` plus ``DIR/manifest.json``.
+
+The manifest lists every map with its metadata and metrics, and names a default map per (source, target) pair:
+the best held-out R² after ``fit``, the best task F1 after ``eval``. Maps record both models' fingerprints; using a
+map with a model whose fingerprint differs is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aligners import Aligner, load
+
+MANIFEST = "manifest.json"
+
+
+class MapMismatchError(ValueError):
+    """A map fitted for other models than the ones it is used with."""
+
+
+class MapNotFoundError(LookupError):
+    """No map in the store matches the request."""
+
+
+@dataclass(frozen=True)
+class MapKey:
+    source: str
+    target: str
+    source_layer: int
+    target_layer: int
+    method: str
+
+    @property
+    def pair(self) -> str:
+        return f"{self.source}__{self.target}"
+
+    @property
+    def relpath(self) -> str:
+        return f"{self.pair}/L{self.source_layer}-L{self.target_layer}/{self.method}.safetensors"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "target": self.target,
+            "source_layer": self.source_layer,
+            "target_layer": self.target_layer,
+            "method": self.method,
+        }
+
+
+def check_fingerprints(meta: dict[str, Any], source_fp: str, target_fp: str, where: str) -> None:
+    for side, have in (("source", source_fp), ("target", target_fp)):
+        want = meta.get(f"{side}_fingerprint")
+        if want != have:
+            raise MapMismatchError(
+                f"{where}: fitted for {side} model {meta.get(side)!r} with fingerprint {want}, but the loaded "
+                f"{side} model has fingerprint {have}: refit the map for this model"
+            )
+
+
+class MapStore:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    def manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.exists():
+            return {"format_version": 1, "maps": [], "defaults": {}}
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{self.manifest_path}: corrupt manifest ({err})") from None
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        os.replace(tmp, self.manifest_path)
+
+    def save(self, key: MapKey, aligner: Aligner, metadata: dict[str, Any], metrics: dict[str, float]) -> Path:
+        """Write one map file and record it in the manifest (replacing an entry with the same key)."""
+        path = self.root / key.relpath
+        aligner.save(str(path), {**metadata, **key.as_dict(), "metrics": metrics})
+        manifest = self.manifest()
+        entries = [e for e in manifest["maps"] if e["path"] != key.relpath]
+        entries.append(
+            {
+                **key.as_dict(),
+                "path": key.relpath,
+                "metrics": metrics,
+                "source_fingerprint": metadata.get("source_fingerprint"),
+                "target_fingerprint": metadata.get("target_fingerprint"),
+            }
+        )
+        manifest["maps"] = sorted(entries, key=lambda e: e["path"])
+        self.write_manifest(manifest)
+        return path
+
+    def entries(self, source: str | None = None, target: str | None = None) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in self.manifest()["maps"]
+            if (source is None or e["source"] == source) and (target is None or e["target"] == target)
+        ]
+
+    def set_default(self, source: str, target: str, entry: dict[str, Any], by: str) -> None:
+        manifest = self.manifest()
+        manifest["defaults"][f"{source}__{target}"] = {
+            k: entry[k] for k in ("source_layer", "target_layer", "method")
+        } | {"by": by}
+        self.write_manifest(manifest)
+
+    def choose_defaults(self, by: str = "r2") -> None:
+        """Per pair, the map with the best ``metrics[by]`` (or ``eval[by]`` when present) becomes the default."""
+        for source, target in {(e["source"], e["target"]) for e in self.entries()}:
+            scored = [(e.get("eval", {}).get(by, e["metrics"].get(by)), e) for e in self.entries(source, target)]
+            scored = [(s, e) for s, e in scored if s is not None]
+            if scored:
+                self.set_default(source, target, max(scored, key=lambda se: se[0])[1], by)
+
+    def default(self, source: str, target: str) -> MapKey:
+        d = self.manifest()["defaults"].get(f"{source}__{target}")
+        if d is None:
+            raise MapNotFoundError(
+                f"no default map for {source} -> {target} in {self.root}; pairs with maps: "
+                f"{sorted({e['source'] + ' -> ' + e['target'] for e in self.entries()})}"
+            )
+        return MapKey(source, target, d["source_layer"], d["target_layer"], d["method"])
+
+    def load(
+        self, key: MapKey, source_fp: str | None = None, target_fp: str | None = None
+    ) -> tuple[Aligner, dict[str, Any]]:
+        """Load one map; with fingerprints given, refuse a map fitted for other models."""
+        path = self.root / key.relpath
+        if not path.exists():
+            have = [e["path"] for e in self.entries(key.source, key.target)]
+            raise MapNotFoundError(f"no map {key.relpath} in {self.root}; maps for this pair: {have or 'none'}")
+        aligner, meta = load(path)
+        if source_fp is not None and target_fp is not None:
+            check_fingerprints(meta, source_fp, target_fp, str(path))
+        return aligner, meta

@@ -1,0 +1,176 @@
+"""The calibration CLI end to end on tiny models: fit -> map files, manifest, report -> eval with every baseline."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from aligners import load
+from calibrate.cli import main
+from calibrate.store import MapKey, MapMismatchError, MapStore
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]]:
+    root = tmp_path_factory.mktemp("calib")
+    out, cache = root / "maps", root / "cache"
+    args = [
+        "fit",
+        "--source",
+        str(tiny_dirs["llama"]),
+        "--target",
+        str(tiny_dirs["gemma3"]),
+        "--samples",
+        "24",
+        "--eval-samples",
+        "8",
+        "--layers",
+        "1-2",
+        "--target-layers",
+        "0,1",
+        "--methods",
+        "procrustes,affine,lora",
+        "--full",
+        "--out",
+        str(out),
+        "--cache",
+        str(cache),
+    ]
+    assert main(args) == 0
+    return out, cache, args
+
+
+def test_fit_writes_maps_with_metadata_and_manifest(fitted: tuple[Path, Path, list[str]]) -> None:
+    out, _, _ = fitted
+    manifest = json.loads((out / "manifest.json").read_text())
+    keys = {(e["source"], e["target"], e["source_layer"], e["target_layer"], e["method"]) for e in manifest["maps"]}
+    for direction in (("llama", "gemma3"), ("gemma3", "llama")):
+        for ls in (1, 2):
+            for lt in (0, 1):
+                for method in ("procrustes", "affine", "lora"):
+                    assert (*direction, ls, lt, method) in keys
+    path = out / "llama__gemma3" / "L2-L1" / "affine.safetensors"
+    aligner, meta = load(path)
+    assert (aligner.d_src, aligner.d_tgt) == (128, 128)
+    assert meta["source"] == "llama" and meta["target"] == "gemma3" and meta["source_layer"] == 2
+    assert meta["data"] == "builtin:fictional-qa" and meta["n_passages"] == 24
+    assert len(meta["source_fingerprint"]) == 16 and meta["source_fingerprint"] != meta["target_fingerprint"]
+    assert {"r2", "cosine", "mean_baseline_cosine", "retrieval_at_1"} <= set(meta["metrics"])
+    assert set(manifest["defaults"]) == {"llama__gemma3", "gemma3__llama"}
+    # 2 source x 2 target layers, plus the L0->L0 map --full adds for target layer 0, x 3 methods.
+    assert (out / "fit-report.md").read_text().count("| llama -> gemma3 |") == 15
+    assert manifest["calibration"]["n_passages"] == 24
+
+
+def test_same_seed_same_maps(fitted: tuple[Path, Path, list[str]], tmp_path: Path) -> None:
+    out, _, args = fitted
+    again = tmp_path / "again"
+    args = [
+        *args[: args.index("--out")],
+        "--out",
+        str(again),
+        "--cache",
+        str(tmp_path / "cache2"),
+        "--directions",
+        "forward",
+        "--methods",
+        "affine,lora",
+    ]
+    assert main(args) == 0
+    for method in ("affine", "lora"):
+        a, _ = load(out / "llama__gemma3" / "L1-L0" / f"{method}.safetensors")
+        b, _ = load(again / "llama__gemma3" / "L1-L0" / f"{method}.safetensors")
+        assert a.tensors is not None and b.tensors is not None
+        for name in a.tensors:
+            assert torch.equal(a.tensors[name], b.tensors[name]), (method, name)
+
+
+def test_map_for_another_model_is_refused(fitted: tuple[Path, Path, list[str]]) -> None:
+    out, _, _ = fitted
+    store = MapStore(out)
+    entry = store.entries("llama", "gemma3")[0]
+    key = MapKey("llama", "gemma3", entry["source_layer"], entry["target_layer"], entry["method"])
+    store.load(key, entry["source_fingerprint"], entry["target_fingerprint"])
+    with pytest.raises(MapMismatchError, match="fingerprint.*refit"):
+        store.load(key, "0" * 16, entry["target_fingerprint"])
+
+
+def test_eval_reports_every_baseline(fitted: tuple[Path, Path, list[str]], capsys: pytest.CaptureFixture[str]) -> None:
+    out, cache, _ = fitted
+    assert main(["eval", "--maps", str(out), "--samples", "6", "--max-new-tokens", "3", "--cache", str(cache)]) == 0
+    report = json.loads((out / "eval-report.json").read_text())
+    assert {(r["source"], r["target"]) for r in report} == {("llama", "gemma3"), ("gemma3", "llama")}
+    for r in report:
+        assert {"native", "alone", "none"} <= set(r["baselines"])
+        assert r["n_items"] == 6
+        modes = {t["mode"] for t in r["translated"]}
+        assert modes == {"replace", "full", "last_token", "embeds"}
+        assert {t["method"] for t in r["translated"]} == {"procrustes", "affine", "lora"}
+        assert {i["mode"] for i in r["identity"]} == modes
+        assert all("f1" in t and "identity_f1" in t for t in r["translated"])
+        assert len(r["screen"]) == 15
+    assert (out / "heatmap-llama__gemma3.png").stat().st_size > 1000
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert all(d["by"] == "f1" for d in manifest["defaults"].values())
+    assert "Native F1" in capsys.readouterr().out
+
+
+def test_list_and_show(fitted: tuple[Path, Path, list[str]], capsys: pytest.CaptureFixture[str]) -> None:
+    out, _, _ = fitted
+    assert main(["list", str(out)]) == 0
+    listing = capsys.readouterr().out
+    assert "| llama | gemma3 | L2->L1 | affine |" in listing and "yes" in listing
+    assert main(["show", str(out / "llama__gemma3" / "L2-L1" / "affine.safetensors")]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["kind"] == "affine" and shown["meta.target_layer"] == 1
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["fit", "--source", "nope-model", "--target", "gemma3", "--out", "x"], "not a known alias"),
+        (["fit", "--source", "smollm2", "--target", "gemma3", "--data", "/no/such.json"], "no such file"),
+        (["fit", "--source", "smollm2", "--target", "gemma3", "--layers", "8-x"], "bad layer list"),
+        (["fit", "--source", "smollm2", "--target", "gemma3", "--methods", "magic"], "unknown method"),
+        (["eval", "--maps", "/no/maps"], "no fitted maps"),
+        (["list", "/no/maps"], "manifest.json"),
+        (["show", "/no/map.safetensors"], "no such map file"),
+    ],
+)
+def test_bad_input_gives_a_clear_error(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_layers_out_of_range_name_the_model(
+    tiny_dirs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "fit",
+        "--source",
+        str(tiny_dirs["llama"]),
+        "--target",
+        str(tiny_dirs["gemma3"]),
+        "--layers",
+        "3-9",
+        "--samples",
+        "4",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(argv) == 2
+    assert "out of range for llama: it has layers 0..4" in capsys.readouterr().err
+
+
+def test_console_script_help() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "calibrate", "fit", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "--target-layers" in done.stdout and "builtin:fictional-qa" in done.stdout

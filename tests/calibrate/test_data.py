@@ -1,0 +1,142 @@
+"""Data sources: SQuAD v1.1/v2.0, JSONL, the builtin generator, clear errors for bad files, disjoint splits."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from calibrate.data import DataError, read_items, split_items
+from calibrate.fictional import generate_items
+from calibrate.pairing import pair_indices
+
+SQUAD_V1 = {
+    "version": "1.1",
+    "data": [
+        {
+            "title": "Varn",
+            "paragraphs": [
+                {
+                    "context": "Varn mill was built in 1874 by Quill.",
+                    "qas": [
+                        {
+                            "id": "q1",
+                            "question": "When was Varn mill built?",
+                            "answers": [{"text": "1874", "answer_start": 22}],
+                        },
+                        {
+                            "id": "q2",
+                            "question": "Who built Varn mill?",
+                            "answers": [{"text": "Quill", "answer_start": 31}],
+                        },
+                    ],
+                },
+                {
+                    "context": "Oskel bridge is made of stone.",
+                    "qas": [
+                        {
+                            "id": "q3",
+                            "question": "What is Oskel bridge made of?",
+                            "answers": [{"text": "stone", "answer_start": 24}],
+                        }
+                    ],
+                },
+            ],
+        }
+    ],
+}
+SQUAD_V2 = {
+    "version": "v2.0",
+    "data": [
+        {
+            "title": "T",
+            "paragraphs": [
+                {
+                    "context": "Brede harbor opened in 1903.",
+                    "qas": [
+                        {
+                            "id": "a",
+                            "question": "When did Brede harbor open?",
+                            "answers": [{"text": "1903", "answer_start": 23}],
+                            "is_impossible": False,
+                        },
+                        {"id": "b", "question": "Who closed Brede harbor?", "answers": [], "is_impossible": True},
+                    ],
+                }
+            ],
+        }
+    ],
+}
+
+
+def write(tmp_path: Path, name: str, content: object) -> str:
+    path = tmp_path / name
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return str(path)
+
+
+def test_squad_v1_and_v2(tmp_path: Path) -> None:
+    items = read_items(write(tmp_path, "v1.json", SQUAD_V1))
+    assert [it.id for it in items] == ["q1", "q2", "q3"]
+    assert items[0].answers == ["1874"] and items[0].context.startswith("Varn mill")
+    v2 = read_items(write(tmp_path, "v2.json", SQUAD_V2))
+    assert [it.id for it in v2] == ["a"]  # the unanswerable question is skipped
+
+
+def test_jsonl_with_context_or_text(tmp_path: Path) -> None:
+    rows = [{"context": "A b c.", "question": "q?", "answers": ["b"]}, {"text": "Just a passage."}]
+    items = read_items(write(tmp_path, "d.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n"))
+    assert items[0].has_qa and not items[1].has_qa and items[1].context == "Just a passage."
+
+
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("bad.json", "{not json", "not valid JSON"),
+        ("nodata.json", {"version": "1.1"}, "no top-level 'data' list"),
+        ("noctx.json", {"data": [{"paragraphs": [{"qas": []}]}]}, r"paragraphs\[0\] has no 'context'"),
+        (
+            "noq.json",
+            {"data": [{"paragraphs": [{"context": "x", "qas": [{"answers": [{"text": "x"}]}]}]}]},
+            "lacks a question",
+        ),
+        ("bad.jsonl", '{"context": "ok"}\n{broken\n', r"bad.jsonl:2: invalid JSON"),
+        ("empty.jsonl", '{"question": "q"}\n', r"empty.jsonl:1: each line needs"),
+    ],
+)
+def test_bad_files_name_the_file_and_the_problem(tmp_path: Path, name: str, content: object, message: str) -> None:
+    path = write(tmp_path, name, content)
+    with pytest.raises(DataError, match=message) as info:
+        read_items(path)
+    assert name in str(info.value)
+
+
+def test_missing_file_and_unknown_builtin() -> None:
+    with pytest.raises(DataError, match="no such file"):
+        read_items("/nonexistent/squad.json")
+    with pytest.raises(DataError, match="unknown builtin.*builtin:fictional-qa"):
+        read_items("builtin:nope")
+
+
+def test_builtin_generator_is_seeded_and_answers_are_spans() -> None:
+    a, b, c = generate_items(50, seed=3), generate_items(50, seed=3), generate_items(50, seed=4)
+    assert [it.context for it in a] == [it.context for it in b]
+    assert [it.context for it in a] != [it.context for it in c]
+    for it in a:
+        assert it.has_qa
+        start = it.answer_starts[0]
+        assert it.context[start : start + len(it.answers[0])] == it.answers[0]
+        assert 2 <= it.context.count(". ") + 1 <= 4
+
+
+def test_split_keeps_contexts_apart() -> None:
+    items = read_items("builtin:fictional-qa", builtin_size=120)
+    calib, held = split_items(items, 80, 30, seed=0)
+    assert len(calib) == 80 and len(held) == 30
+    assert not {it.context for it in calib} & {it.context for it in held}
+
+
+def test_pairing_by_character_ends() -> None:
+    # "the mill": source splits "mill" as "mi"+"ll"; target keeps "mill" whole; a special token has an empty span.
+    src = [(0, 3), (4, 6), (6, 8)]
+    tgt = [(0, 0), (0, 3), (4, 8)]
+    assert pair_indices(src, tgt) == ([0, 2], [1, 2])

@@ -1,0 +1,131 @@
+"""Decoding behaviour: sampling, stop strings, EOS, streaming, input checks, handover preparation, fingerprints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aligners import build
+from service.runtime.generate import Prompt, SamplingParams, check_prompt, generate, stream_batch
+from service.runtime.handover import LayerMap, matching_layer, prepare
+from service.runtime.loading import LoadedModel, fingerprint, load_model
+from tests.runtime.test_oracles import SUFFIX, TEXT, prompt_for
+
+
+def test_seeded_sampling_is_reproducible_and_seed_dependent(tiny: dict[str, LoadedModel]) -> None:
+    m = tiny["gemma3"]
+    p = prompt_for(m, "replace", 1)
+    runs = {
+        seed: [
+            generate(m, [p], SamplingParams(max_new_tokens=12, temperature=1.5, seed=seed))[0].token_ids
+            for _ in range(2)
+        ]
+        for seed in (1, 2)
+    }
+    assert runs[1][0] == runs[1][1] and runs[2][0] == runs[2][1]
+    assert runs[1][0] != runs[2][0]
+
+
+def test_tiny_top_p_is_greedy(tiny: dict[str, LoadedModel]) -> None:
+    m = tiny["llama"]
+    p = prompt_for(m, "native", 0)
+    greedy = generate(m, [p], SamplingParams(max_new_tokens=8))[0]
+    nucleus = generate(m, [p], SamplingParams(max_new_tokens=8, temperature=1.0, top_p=1e-6, seed=3))[0]
+    assert nucleus.token_ids == greedy.token_ids
+
+
+def test_stop_string_truncates_and_streams_the_same_text(tiny: dict[str, LoadedModel]) -> None:
+    m = tiny["mistral"]  # a small vocabulary: many short tokens, so the stop string spans token boundaries
+    p = prompt_for(m, "native", 0)
+    free = generate(m, [p], SamplingParams(max_new_tokens=16))[0]
+    assert len(free.text) > 6
+    stop = free.text[3:6]
+    first = free.text.find(stop)
+    stopped = generate(m, [p], SamplingParams(max_new_tokens=16, stop=[stop]))[0]
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == free.text[:first]
+    events = list(stream_batch(m, [p], [SamplingParams(max_new_tokens=16, stop=[stop])]))
+    assert "".join(e.delta for e in events) == stopped.text
+    assert events[-1].finished and events[-1].completion is not None
+    assert sum(e.finished for e in events) == 1
+
+
+def test_length_and_eos_finish_reasons(tiny: dict[str, LoadedModel]) -> None:
+    m = tiny["llama"]
+    p = prompt_for(m, "replace", 2)
+    free = generate(m, [p], SamplingParams(max_new_tokens=5))[0]
+    assert free.finish_reason == "length" and len(free.token_ids) == 5
+    gen_config = m.model.generation_config
+    saved = gen_config.eos_token_id
+    try:
+        gen_config.eos_token_id = free.token_ids[2]
+        ended = generate(m, [p], SamplingParams(max_new_tokens=5))[0]
+        ignored = generate(m, [p], SamplingParams(max_new_tokens=5, ignore_eos=True))[0]
+    finally:
+        gen_config.eos_token_id = saved
+    assert ended.finish_reason == "stop"
+    assert ended.token_ids == free.token_ids[: free.token_ids.index(free.token_ids[2])]
+    assert ignored.token_ids == free.token_ids
+
+
+def test_bad_prompts_are_refused_before_model_work(tiny: dict[str, LoadedModel]) -> None:
+    m = tiny["llama"]
+    d, n = m.hidden_size, m.n_layers
+    states = torch.zeros(3, d)
+    cases = [
+        (Prompt("replace", [5], layer=n, states=states), "layer must be in"),
+        (Prompt("replace", [5], layer=1, states=torch.zeros(3, d + 1)), "states of shape"),
+        (Prompt("embeds", [5], layer=1, states=states), "layer 0"),
+        (Prompt("full", [5], layer=2, states=states, layer_states={0: states}), "layer_states for"),
+        (Prompt("last_token", [], layer=1, last_state=torch.zeros(d)), "needs a suffix"),
+        (Prompt("last_token", [5], layer=1, last_state=torch.zeros(d + 2)), "last_state of shape"),
+        (Prompt("native", [5]), "prefix_ids"),
+        (Prompt("telepathy", [5]), "unknown mode"),  # type: ignore[arg-type]
+    ]
+    for prompt, message in cases:
+        with pytest.raises(ValueError, match=message):
+            check_prompt(m, prompt)
+    with pytest.raises(ValueError, match="share mode and layer"):
+        generate(m, [prompt_for(m, "replace", 1), prompt_for(m, "replace", 2)], SamplingParams())
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(m, [prompt_for(m, "native", 0)], SamplingParams(max_new_tokens=0))
+
+
+def test_prepare_maps_source_states_into_the_target(tiny: dict[str, LoadedModel]) -> None:
+    src, tgt = tiny["llama"], tiny["gemma3"]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, src.hidden_size, generator=g)
+    y = torch.randn(64, tgt.hidden_size, generator=g)
+    maps = [LayerMap(matching_layer(k, tgt.n_layers, src.n_layers), k, build("affine").fit(x, y)) for k in range(3)]
+    for mode, use in [("replace", maps[2:]), ("embeds", maps[:1]), ("full", maps), ("last_token", maps[1:2])]:
+        h = prepare(src, tgt, TEXT, SUFFIX, mode, use)  # type: ignore[arg-type]
+        check_prompt(tgt, h.prompt)
+        assert h.source_ids == src.tokenize(TEXT)[0]
+        assert h.prompt.suffix_ids == tgt.tokenize(SUFFIX)[0]
+        assert set(h.timings_ms) == {"encode", "project"}
+        out = generate(tgt, [h.prompt], SamplingParams(max_new_tokens=3))[0]
+        assert len(out.token_ids) >= 1
+    native = prepare(src, tgt, TEXT, SUFFIX, "native", [])
+    assert native.prompt.prefix_ids == tgt.tokenize(TEXT)[0]
+    with pytest.raises(ValueError, match="needs 128->128"):
+        prepare(src, tgt, TEXT, SUFFIX, "replace", [LayerMap(1, 1, build("affine").fit(x[:, :10], y))])
+    with pytest.raises(ValueError, match="target layers 0..2"):
+        prepare(src, tgt, TEXT, SUFFIX, "full", maps[1:])
+    with pytest.raises(ValueError, match="non-empty text"):
+        prepare(src, tgt, "", SUFFIX, "replace", maps[2:])
+
+
+def test_matching_layer_by_relative_depth() -> None:
+    assert [matching_layer(k, 18, 30) for k in (0, 4, 9, 18)] == [0, 7, 15, 30]
+    assert matching_layer(30, 30, 18) == 18
+
+
+def test_fingerprint_ignores_dtype_and_sees_weights(tiny_dirs, tiny: dict[str, LoadedModel]) -> None:  # type: ignore[no-untyped-def]
+    m = tiny["llama"]
+    as_bf16 = load_model(str(tiny_dirs["llama"]), dtype="bfloat16")
+    assert as_bf16.fingerprint == m.fingerprint
+    assert len({t.fingerprint for t in tiny.values()}) == 3
+    changed = load_model(str(tiny_dirs["llama"]))
+    with torch.no_grad():
+        changed.model.model.layers[1].mlp.down_proj.weight.mul_(1.01)
+    assert fingerprint(changed.model) != m.fingerprint

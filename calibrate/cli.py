@@ -221,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="replace,full,last_token,embeds",
         help="comma-separated handover modes (default replace,full,last_token,embeds)",
     )
+    ev.add_argument(
+        "--screen-items",
+        type=int,
+        default=16,
+        help="items each map is screened on before the best map per method is evaluated (default 16)",
+    )
+    ev.add_argument("--target-layers", default=None, help="screen only maps into these target layers")
     ev.add_argument("--max-new-tokens", type=int, default=12)
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--out", default=None, help="report folder (default: the map store)")
@@ -239,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("samples", "eval_samples", "batch_size", "max_new_tokens"):
+    for name in ("samples", "eval_samples", "batch_size", "max_new_tokens", "screen_items"):
         if getattr(args, name, 1) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     try:

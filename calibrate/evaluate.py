@@ -5,9 +5,9 @@ Per direction (source -> target), on the same held-out items:
   NLL with the context read natively and with none;
 - identity control: the target hands its own states to itself (identity map) in each mode and layer: the cost of the
   injection itself, apart from translation error;
-- translated: every map is screened in ``replace`` mode on a few items; the best layer pair of each method is then
-  evaluated in every requested mode on all items (QA EM/F1, % of native, continuation NLL and context benefit
-  recovered, CBR = (NLL_none − NLL_translated) / (NLL_none − NLL_native)).
+- translated: every map (or those into ``--target-layers``) is screened in ``replace`` mode on a few items; the
+  best layer pair of each method is then evaluated in every requested mode on all items (QA EM/F1, % of native,
+  continuation NLL and context benefit recovered, CBR = (NLL_none − NLL_translated) / (NLL_none − NLL_native)).
 The QA prompt is "{context}\\nQuestion: {question}\\nAnswer:", the context handed over, the rest read natively; greedy
 decoding; the answer is the first non-empty line.
 """
@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from aligners import Aligner
 from calibrate.data import Item, read_items, split_items
+from calibrate.layers import parse_layers
 from calibrate.report import heatmap
 from calibrate.scoring import exact_match, f1_score, first_line
 from calibrate.store import MapKey, MapStore
@@ -33,8 +34,6 @@ from service.runtime.encode import encode
 from service.runtime.generate import Prompt, SamplingParams, generate, suffix_nll
 from service.runtime.handover import LayerMap, matching_layer, prepare
 from service.runtime.loading import LoadedModel, load_model
-
-SCREEN_ITEMS = 16
 
 
 def qa_suffix(item: Item) -> str:
@@ -157,8 +156,14 @@ def evaluate_direction(
     modes: list[str],
     params: SamplingParams,
     batch_size: int,
+    screen_items: int = 16,
+    target_layers: list[int] | None = None,
 ) -> dict[str, Any]:
-    entries = store.entries(source.name, target.name)
+    entries = [
+        e
+        for e in store.entries(source.name, target.name)
+        if target_layers is None or e["target_layer"] in target_layers
+    ]
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     baselines = {
@@ -183,7 +188,7 @@ def evaluate_direction(
         maps = _maps_for(store, source, target, key, "replace")
         assert maps is not None  # the entry itself exists
         scores = batched(
-            target, translated_builder(source, target, "replace", maps), items[:SCREEN_ITEMS], params, batch_size
+            target, translated_builder(source, target, "replace", maps), items[:screen_items], params, batch_size
         )
         screen.append({**key.as_dict(), "f1": scores["f1"], "nll": scores["nll"]})
     timings["screen"] = time.perf_counter() - t0
@@ -289,7 +294,15 @@ def run_eval(args: argparse.Namespace) -> int:
     results = []
     for source_name, target_name in sorted({(e["source"], e["target"]) for e in manifest["maps"]}):
         result = evaluate_direction(
-            store, models[source_name], models[target_name], items, modes, params, args.batch_size
+            store,
+            models[source_name],
+            models[target_name],
+            items,
+            modes,
+            params,
+            args.batch_size,
+            args.screen_items,
+            parse_layers(args.target_layers) if args.target_layers else None,
         )
         results.append(result)
         values: dict[tuple[int, str], float] = {}
@@ -312,7 +325,7 @@ def run_eval(args: argparse.Namespace) -> int:
     for e in manifest["maps"]:
         k = (e["source"], e["target"], e["source_layer"], e["target_layer"], e["method"])
         if k in screened:
-            e["eval"] = {"f1": screened[k], "items": SCREEN_ITEMS}
+            e["eval"] = {"f1": screened[k], "items": args.screen_items}
     store.write_manifest(manifest)
     store.choose_defaults(by="f1")
     out.mkdir(parents=True, exist_ok=True)

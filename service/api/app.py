@@ -1,0 +1,56 @@
+"""The FastAPI application factory: lifespan loading, routers, error mapping, request metrics."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from service.api import errors
+from service.api.engine import Engine
+from service.api.metrics import Metrics
+from service.api.routes import generate, health, metrics, models, translate
+from service.api.state import ServiceState
+from service.settings import Settings
+
+DESCRIPTION = """Hand what one language model has read to another.
+
+Model A encodes a text; its hidden states at a layer are mapped by a calibrated alignment map into model B's hidden
+space; B continues from them. `POST /translate` returns the mapped states with diagnostics, `POST /generate` lets B
+continue (modes `replace`, `full`, `last_token`, `embeds`, and `native` as the baseline)."""
+
+
+def create_app(settings: Settings | None = None, state: ServiceState | None = None) -> FastAPI:
+    """Build the app. ``state`` may be given already loaded (tests); otherwise the lifespan loads it in the
+    background, so /health answers at once and /ready reports progress."""
+    settings = settings or Settings()
+    service = state or ServiceState(settings)
+    engine = Engine(settings.queue_size, settings.max_batch)
+    meter = Metrics(lambda: engine.depth)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine.start()
+        if service.status != "ready":
+            threading.Thread(target=service.load, name="interlingua-loader", daemon=True).start()
+        yield
+        engine.stop()
+
+    app = FastAPI(title="interlingua", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.service, app.state.engine, app.state.metrics = service, engine, meter
+    errors.install(app)
+
+    @app.middleware("http")
+    async def record(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        meter.observe(route, response.status_code, time.perf_counter() - start)
+        return response
+
+    for router in (health.router, models.router, translate.router, generate.router, metrics.router):
+        app.include_router(router)
+    return app

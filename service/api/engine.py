@@ -1,0 +1,150 @@
+"""The model worker: one thread owns all model work, fed by a bounded queue; compatible generate requests decode as
+one batch.
+
+Requests never run on the event loop. ``submit`` refuses work when the queue is full (the route answers 503 with
+Retry-After). Generate jobs that share target, mode and layer are drained from the queue together (up to
+``max_batch``) and decoded as one batch; each job gets its own events (token deltas, then the final result or an
+error) through an asyncio queue on the caller's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.api.errors import BusyError
+from service.runtime.generate import Prompt, SamplingParams, stream_batch
+
+log = logging.getLogger("interlingua")
+
+
+@dataclass
+class GenerateJob:
+    """One generate request: ``build`` (run on the worker) returns its target model's prompt and prepare timings."""
+
+    group: tuple[Any, ...]  # jobs with equal groups can share a batch
+    target: Any  # LoadedModel
+    build: Callable[[], tuple[Prompt, dict[str, float], int]]
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
+
+    def emit(self, kind: str, payload: Any) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
+
+
+@dataclass
+class CallJob:
+    fn: Callable[[], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+class Engine:
+    def __init__(self, queue_size: int, max_batch: int) -> None:
+        self.jobs: queue.Queue[GenerateJob | CallJob | None] = queue.Queue(maxsize=queue_size)
+        self.max_batch = max_batch
+        self.pending: deque[GenerateJob | CallJob | None] = deque()
+        self.thread = threading.Thread(target=self._run, name="interlingua-worker", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+        self.thread.join(timeout=5)
+
+    @property
+    def depth(self) -> int:
+        return self.jobs.qsize() + len(self.pending)
+
+    def submit(self, job: GenerateJob | CallJob) -> None:
+        try:
+            self.jobs.put_nowait(job)
+        except queue.Full:
+            raise BusyError(f"the work queue is full ({self.jobs.maxsize} waiting); retry shortly") from None
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the worker thread and await its result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self.submit(CallJob(fn, loop, future))
+        return await future
+
+    # --- worker -----------------------------------------------------------------------------------------------------
+    def _next(self) -> GenerateJob | CallJob | None:
+        return self.pending.popleft() if self.pending else self.jobs.get()
+
+    def _run(self) -> None:
+        while True:
+            job = self._next()
+            if job is None:
+                return
+            if isinstance(job, CallJob):
+                self._call(job)
+            else:
+                self._generate(self._batch_with(job))
+
+    def _batch_with(self, first: GenerateJob) -> list[GenerateJob]:
+        batch = [first]
+        while len(batch) < self.max_batch:
+            try:
+                other = self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(other, GenerateJob) and other.group == first.group:
+                batch.append(other)
+            else:
+                self.pending.append(other)  # served next, in order (None: stop)
+                break
+        return batch
+
+    @staticmethod
+    def _call(job: CallJob) -> None:
+        try:
+            result = job.fn()
+        except Exception as err:
+            job.loop.call_soon_threadsafe(_set_exception, job.future, err)
+        else:
+            job.loop.call_soon_threadsafe(_set_result, job.future, result)
+
+    def _generate(self, batch: list[GenerateJob]) -> None:
+        ready: list[tuple[GenerateJob, Prompt, dict[str, float], int]] = []
+        for job in batch:
+            try:
+                prompt, timings, source_tokens = job.build()
+                ready.append((job, prompt, timings, source_tokens))
+            except Exception as err:
+                job.emit("error", err)
+        if not ready:
+            return
+        target = ready[0][0].target
+        start = time.perf_counter()
+        try:
+            for event in stream_batch(target, [r[1] for r in ready], [r[0].params for r in ready]):
+                job, _, timings, source_tokens = ready[event.index]
+                job.emit("delta", event)
+                if event.completion is not None:
+                    timings = {**timings, "generate": (time.perf_counter() - start) * 1e3}
+                    job.emit("done", (event.completion, timings, source_tokens))
+        except Exception as err:  # a failure inside the model: every job of the batch gets it
+            log.exception("generation failed")
+            for job, *_ in ready:
+                job.emit("error", err)
+
+
+def _set_result(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future[Any], err: BaseException) -> None:
+    if not future.done():
+        future.set_exception(err)

@@ -1,0 +1,108 @@
+"""POST /translate: project A's states for a text into B's space, with diagnostics."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import torch
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from calibrate.pairing import pair_indices
+from service.api.deps import Authorized, EngineDep, MetricsDep, StateDep
+from service.api.errors import TooLargeError
+from service.api.schemas import (
+    ErrorBody,
+    LensEntry,
+    NativeCosine,
+    States,
+    Token,
+    TranslateRequest,
+    TranslateResponse,
+)
+from service.api.state import ServiceState
+from service.runtime.encode import encode
+
+router = APIRouter(tags=["translate"], dependencies=[Authorized])
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404, 413, 422, 503)}
+
+
+def check_length(state: ServiceState, **texts: str) -> None:
+    limit = state.settings.max_text_chars
+    for name, text in texts.items():
+        if len(text) > limit:
+            raise TooLargeError(f"{name} has {len(text)} characters; this server accepts at most {limit}")
+
+
+def translate(state: ServiceState, req: TranslateRequest) -> TranslateResponse:
+    """Runs on the model worker."""
+    src, tgt = state.model(req.source), state.model(req.target)
+    resolved = state.resolve(req.source, req.target, "replace", req.layer, req.method)
+    layer_map = resolved.maps[0]
+    t0 = time.perf_counter()
+    enc = encode(src, [req.text], [layer_map.source_layer])[0]
+    t1 = time.perf_counter()
+    mapped = layer_map.aligner.transform(enc.states[layer_map.source_layer].float())  # (n, d_tgt)
+    t2 = time.perf_counter()
+    timings = {"encode": (t1 - t0) * 1e3, "project": (t2 - t1) * 1e3}
+    tokens = [
+        Token(id=i, text=src.tokenizer.decode([i]), start=s, end=e)
+        for i, (s, e) in zip(enc.ids, enc.offsets, strict=True)
+    ]
+    response = TranslateResponse(
+        source=req.source,
+        target=req.target,
+        source_layer=layer_map.source_layer,
+        target_layer=layer_map.target_layer,
+        method=resolved.method or "",
+        tokens=tokens,
+        shape=list(mapped.shape),
+        timings_ms=timings,
+    )
+    if req.return_states == "base64":
+        raw = mapped.to(torch.float16).numpy().astype("<f2").tobytes()
+        response.states = States(
+            dtype="float16", shape=list(mapped.shape), encoding="base64", data=base64.b64encode(raw).decode()
+        )
+    elif req.return_states == "list":
+        response.states = States(dtype="float32", shape=list(mapped.shape), encoding="list", data=mapped.tolist())
+    if req.top_k:
+        # Logit lens: B's final norm and LM head applied to the mapped states.
+        probs = torch.softmax(tgt.stack.logits(mapped.to(tgt.stack.dtype)), dim=-1)
+        top = torch.topk(probs, req.top_k, dim=-1)
+        response.logit_lens = [
+            [
+                LensEntry(token=tgt.tokenizer.decode([int(i)]), id=int(i), prob=float(p))
+                for p, i in zip(row_p, row_i, strict=True)
+            ]
+            for row_p, row_i in zip(top.values, top.indices, strict=True)
+        ]
+    if req.compare_native:
+        native = encode(tgt, [req.text], [layer_map.target_layer])[0]
+        si, ti = pair_indices(enc.offsets, native.offsets)
+        per: list[float | None] = [None] * len(enc.ids)
+        if si:
+            cos = torch.nn.functional.cosine_similarity(mapped[si], native.states[layer_map.target_layer][ti].float())
+            for k, c in zip(si, cos.tolist(), strict=True):
+                per[k] = c
+        values = [c for c in per if c is not None]
+        response.native_cosine = NativeCosine(per_position=per, mean=sum(values) / len(values) if values else None)
+    timings["total"] = (time.perf_counter() - t0) * 1e3
+    return response
+
+
+@router.post(
+    "/translate",
+    response_model=TranslateResponse,
+    responses=ERRORS,
+    summary="Map A's hidden states for a text into B's space",
+)
+async def post_translate(req: TranslateRequest, state: StateDep, engine: EngineDep, m: MetricsDep) -> TranslateResponse:
+    state.require_ready()
+    check_length(state, text=req.text)
+    await run_in_threadpool(state.resolve, req.source, req.target, "replace", req.layer, req.method)  # 404s first
+    result: TranslateResponse = await engine.call(lambda: translate(state, req))
+    m.tokens.labels("source").inc(len(result.tokens))
+    return result

@@ -1,0 +1,162 @@
+"""Request and response bodies of the HTTP API, with bounds and examples (they drive validation and /docs)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+HandoverMode = Literal["replace", "full", "last_token", "embeds", "native"]
+
+TEXT_EXAMPLE = "Ysolde Marrow built a lighthouse in Quillmere in 1874. It was later run by Corin Aske."
+
+
+class ModelInfo(BaseModel):
+    alias: str
+    architecture: str
+    layers: int = Field(description="number of blocks N; layers are 0..N (0 = embeddings)")
+    hidden_size: int
+    fingerprint: str
+    device: str
+
+
+class MapInfo(BaseModel):
+    source: str
+    target: str
+    source_layer: int
+    target_layer: int
+    method: str
+    metrics: dict[str, float] = Field(default_factory=dict, description="held-out representation metrics")
+    eval: dict[str, float] = Field(default_factory=dict, description="task metrics from `interlingua-calibrate eval`")
+    default: bool = False
+
+
+class RefusedMap(BaseModel):
+    path: str
+    reason: str
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+    maps: list[MapInfo]
+    refused_maps: list[RefusedMap] = Field(default_factory=list, description="maps not served, and why")
+
+
+class TranslateRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "source": "smollm2",
+                    "target": "gemma3",
+                    "text": TEXT_EXAMPLE,
+                    "return_states": "none",
+                    "top_k": 3,
+                    "compare_native": True,
+                }
+            ]
+        }
+    )
+
+    source: str = Field(description="alias of the model that reads the text (A)")
+    target: str = Field(description="alias of the model whose space the states are mapped into (B)")
+    text: str = Field(min_length=1, description="what A reads")
+    layer: int | None = Field(None, ge=0, description="target layer to map into (default: the default map's)")
+    method: str | None = Field(None, description="map method, e.g. affine (default: the default map's)")
+    return_states: Literal["none", "base64", "list"] = "none"
+    top_k: int = Field(0, ge=0, le=20, description="logit lens: B's top-k tokens per position (0 = off)")
+    compare_native: bool = Field(False, description="cosine to B's own states at aligned positions")
+
+
+class Token(BaseModel):
+    id: int
+    text: str
+    start: int
+    end: int
+
+
+class States(BaseModel):
+    dtype: str
+    shape: list[int]
+    encoding: Literal["base64", "list"]
+    data: str | list[list[float]] = Field(description="base64 of little-endian float16, or nested lists")
+
+
+class LensEntry(BaseModel):
+    token: str
+    id: int
+    prob: float
+
+
+class NativeCosine(BaseModel):
+    per_position: list[float | None] = Field(description="per source token; null where no target token ends there")
+    mean: float | None
+
+
+class TranslateResponse(BaseModel):
+    source: str
+    target: str
+    source_layer: int
+    target_layer: int
+    method: str
+    tokens: list[Token]
+    shape: list[int]
+    states: States | None = None
+    logit_lens: list[list[LensEntry]] | None = None
+    native_cosine: NativeCosine | None = None
+    timings_ms: dict[str, float]
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "source": "smollm2",
+                    "target": "gemma3",
+                    "text": TEXT_EXAMPLE,
+                    "prompt": "\nQuestion: In which year was the lighthouse built?\nAnswer:",
+                    "mode": "replace",
+                    "max_new_tokens": 8,
+                    "stop": ["\n"],
+                }
+            ]
+        }
+    )
+
+    source: str
+    target: str
+    text: str = Field(min_length=1, description="what A reads and hands over")
+    prompt: str = Field("", description="what B reads natively after the handed-over text")
+    mode: HandoverMode = "replace"
+    layer: int | None = Field(None, ge=0, description="target injection layer (default: the default map's)")
+    method: str | None = None
+    op: Literal["replace", "sum", "mean"] = Field("replace", description="last_token mode: how A's state enters")
+    max_new_tokens: int = Field(32, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(None, ge=0)
+    stop: list[str] = Field(default_factory=list, max_length=8)
+    stream: bool = False
+
+
+class Usage(BaseModel):
+    source_tokens: int
+    target_prompt_tokens: int
+    completion_tokens: int
+
+
+class GenerateResponse(BaseModel):
+    text: str
+    finish_reason: Literal["stop", "length"]
+    usage: Usage
+    source_layer: int | None
+    target_layer: int | None
+    method: str | None
+    mode: HandoverMode
+    timings_ms: dict[str, float]
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: str

@@ -1,0 +1,209 @@
+"""What the service has loaded: models, the maps it serves (fingerprints checked), and how loading went.
+
+Loading runs in a background thread started by the app's lifespan, so ``/health`` answers at once and ``/ready``
+reports progress. Maps whose fingerprints do not match the loaded models are refused (logged, listed in ``/ready``
+and ``/v1/models``), never served.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from aligners import Aligner
+from calibrate.store import MapKey, MapNotFoundError, MapStore
+from service.api.errors import InvalidRequestError, NotFoundError, NotReadyError
+from service.runtime.handover import LayerMap, matching_layer
+from service.runtime.loading import LoadedModel, load_model
+from service.settings import Settings
+
+log = logging.getLogger("interlingua")
+MAP_CACHE = 64  # maps kept in memory
+
+
+@dataclass
+class Resolved:
+    """The maps one request uses, and the layer pair and method it reports."""
+
+    maps: list[LayerMap]
+    source_layer: int | None
+    target_layer: int | None
+    method: str | None
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    models: dict[str, LoadedModel] = field(default_factory=dict)
+    served: list[dict[str, Any]] = field(default_factory=list)  # manifest entries
+    refused: list[dict[str, str]] = field(default_factory=list)
+    defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    status: str = "loading"
+    detail: str = "starting"
+    _maps: OrderedDict[MapKey, Aligner] = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def store(self) -> MapStore:
+        return MapStore(self.settings.maps)
+
+    # --- loading ----------------------------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Load models, prepare maps if asked and none exist, check fingerprints. Never raises: failures land in
+        ``status``/``detail`` for ``/ready``."""
+        try:
+            devices = self.settings.device_map
+            for alias, spec in self.settings.model_specs.items():
+                self.detail = f"loading model {alias} ({spec})"
+                log.info(self.detail)
+                self.models[alias] = load_model(
+                    spec, name=alias, dtype=self.settings.dtype, device=devices.get(alias, "cpu")
+                )
+            if self.settings.prepare_maps and not self.store.entries() and len(self.models) >= 2:
+                self.detail = "fitting a default map set (no maps found)"
+                log.info(self.detail)
+                self._prepare_default_maps()
+            self.refresh_maps()
+            self.status, self.detail = "ready", "models and maps loaded"
+            log.info(
+                "ready: %d models, %d maps served, %d refused", len(self.models), len(self.served), len(self.refused)
+            )
+        except Exception as err:  # reported through /ready; the process keeps serving /health
+            self.status, self.detail = "failed", f"{type(err).__name__}: {err}"
+            log.exception("loading failed")
+
+    def _prepare_default_maps(self) -> None:
+        from calibrate.cli import main as calibrate
+
+        spec_a, spec_b = list(self.settings.model_specs.values())[:2]
+        args = [
+            "fit",
+            "--source",
+            spec_a,
+            "--target",
+            spec_b,
+            "--samples",
+            "300",
+            "--layers",
+            "8",
+            "--target-layers",
+            "4",
+            "--methods",
+            "affine,procrustes",
+            "--out",
+            str(self.settings.maps),
+            "--dtype",
+            self.settings.dtype,
+        ]
+        if calibrate(args) != 0:
+            raise RuntimeError("default map fitting failed (see log)")
+
+    def refresh_maps(self) -> None:
+        manifest = self.store.manifest()
+        served, refused = [], []
+        for e in manifest["maps"]:
+            src, tgt = self.models.get(e["source"]), self.models.get(e["target"])
+            if src is None or tgt is None:
+                continue  # a map for models this server does not load
+            bad = [
+                side for side, m in (("source", src), ("target", tgt)) if e.get(f"{side}_fingerprint") != m.fingerprint
+            ]
+            if bad:
+                reason = (
+                    f"fingerprint of {', '.join(bad)} model differs from the loaded one "
+                    f"({e['source']}={src.fingerprint}, {e['target']}={tgt.fingerprint}): refit the map"
+                )
+                log.warning("refusing map %s: %s", e["path"], reason)
+                refused.append({"path": e["path"], "reason": reason})
+            else:
+                served.append(e)
+        self.served, self.refused = served, refused
+        self.defaults = {
+            k: v
+            for k, v in manifest.get("defaults", {}).items()
+            if any(f"{e['source']}__{e['target']}" == k for e in served)
+        }
+
+    def require_ready(self) -> None:
+        if self.status != "ready":
+            raise NotReadyError(f"service is {self.status}: {self.detail}")
+
+    # --- lookups ----------------------------------------------------------------------------------------------------
+    def model(self, alias: str) -> LoadedModel:
+        if alias not in self.models:
+            raise NotFoundError(f"unknown model {alias!r}; loaded models: {sorted(self.models)}")
+        return self.models[alias]
+
+    def _aligner(self, key: MapKey) -> Aligner:
+        with self._lock:
+            if key in self._maps:
+                self._maps.move_to_end(key)
+                return self._maps[key]
+        src, tgt = self.models[key.source], self.models[key.target]
+        try:
+            aligner, _ = self.store.load(key, src.fingerprint, tgt.fingerprint)
+        except MapNotFoundError as err:
+            raise NotFoundError(str(err)) from None
+        with self._lock:
+            self._maps[key] = aligner
+            while len(self._maps) > MAP_CACHE:
+                self._maps.popitem(last=False)
+        return aligner
+
+    def _entries(self, source: str, target: str) -> list[dict[str, Any]]:
+        return [e for e in self.served if e["source"] == source and e["target"] == target]
+
+    def _pick(self, source: str, target: str, layer: int | None, method: str | None) -> MapKey:
+        """The served map for a pair at a target layer and method, defaults filled from the manifest's default."""
+        entries = self._entries(source, target)
+        if not entries:
+            raise NotFoundError(
+                f"no maps served for {source} -> {target}; pairs with maps: "
+                f"{sorted({e['source'] + ' -> ' + e['target'] for e in self.served})}"
+            )
+        default = self.defaults.get(f"{source}__{target}", {})
+        method = method or default.get("method") or entries[0]["method"]
+        layer = layer if layer is not None else default.get("target_layer", entries[0]["target_layer"])
+        matches = [e for e in entries if e["method"] == method and e["target_layer"] == layer]
+        if not matches:
+            have = sorted({(e["target_layer"], e["method"]) for e in entries})
+            raise NotFoundError(
+                f"no {method} map into {target} layer {layer} for {source} -> {target}; "
+                f"available (target layer, method): {have}"
+            )
+
+        def score(e: dict[str, Any]) -> tuple[bool, float]:
+            is_default = e["source_layer"] == default.get("source_layer")
+            return is_default, e.get("eval", {}).get("f1", e.get("metrics", {}).get("r2", float("-inf")))
+
+        best = max(matches, key=score)
+        return MapKey(source, target, best["source_layer"], best["target_layer"], best["method"])
+
+    def resolve(self, source: str, target: str, mode: str, layer: int | None, method: str | None) -> Resolved:
+        """The maps a handover needs (none for ``native``)."""
+        src, tgt = self.model(source), self.model(target)
+        if mode == "native":
+            return Resolved([], None, None, None)
+        if mode == "embeds":
+            if layer not in (None, 0):
+                raise InvalidRequestError(f"mode 'embeds' injects at layer 0, got layer={layer}")
+            layer = 0
+        if layer is not None and layer >= tgt.n_layers:
+            raise InvalidRequestError(f"layer must be in [0, {tgt.n_layers - 1}] for {target}, got {layer}")
+        key = self._pick(source, target, layer, method)
+        maps = [LayerMap(key.source_layer, key.target_layer, self._aligner(key))]
+        if mode == "full":
+            for k in range(key.target_layer):
+                ls = matching_layer(k, tgt.n_layers, src.n_layers)
+                sub = MapKey(source, target, ls, k, key.method)
+                if not any(e["path"] == sub.relpath for e in self._entries(source, target)):
+                    raise NotFoundError(
+                        f"mode 'full' at layer {key.target_layer} needs per-layer {key.method} maps for "
+                        f"{target} layers 0..{key.target_layer - 1}; missing {sub.relpath} "
+                        "(fit with `interlingua-calibrate fit --full`)"
+                    )
+                maps.append(LayerMap(ls, k, self._aligner(sub)))
+        return Resolved(maps, key.source_layer, key.target_layer, key.method)

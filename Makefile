@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup models demo test lint bench-aligners bench-runtime
+.PHONY: setup models serve demo test lint bench-aligners bench-runtime bench-service
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,11 +22,16 @@ $(VENV)/.models: $(VENV)/.installed
 
 models: $(VENV)/.models
 
-## Main job: hand what SmolLM2 read to Gemma 3 (fits a small map first).
+## Main job: the HTTP server on the real pair, on CPU (fits a small default map set on first start).
+serve: models
+	$(PY) -m service
+
+## Hand what SmolLM2 read to Gemma 3 from Python (fits a small map first).
 demo: models
 	$(PY) examples/handover_demo.py
 
-## The whole test suite (what CI runs); tests on the real pair fail rather than skip when it is missing.
+## The whole test suite (what CI runs); tests on the real pair fail rather than skip when it is missing. The compose
+## files are validated when docker-compose is installed (Debian: apt-get install docker-compose; CI installs it).
 test: models
 	INTERLINGUA_REQUIRE_REAL=1 $(PY) -m pytest $(PYTEST_ARGS)
 
@@ -42,3 +47,7 @@ bench-aligners: setup
 ## Translated vs native generation latency on the real pair.
 bench-runtime: models
 	$(PY) benchmarks/bench_runtime.py
+
+## Concurrent clients against a running server: native vs replace throughput and latency.
+bench-service: setup
+	$(PY) benchmarks/bench_service.py

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.api.errors import BusyError
-from service.runtime.generate import Prompt, SamplingParams, stream_batch
+from service.backends import Backend
+from service.runtime.generate import Prompt, SamplingParams
 
 log = logging.getLogger("interlingua")
 
@@ -30,7 +31,7 @@ class GenerateJob:
     """One generate request: ``build`` (run on the worker) returns its target model's prompt and prepare timings."""
 
     group: tuple[Any, ...]  # jobs with equal groups can share a batch
-    target: Any  # LoadedModel
+    backend: Backend  # decodes for the target model
     build: Callable[[], tuple[Prompt, dict[str, float], int]]
     params: SamplingParams
     loop: asyncio.AbstractEventLoop
@@ -125,10 +126,10 @@ class Engine:
                 job.emit("error", err)
         if not ready:
             return
-        target = ready[0][0].target
+        backend = ready[0][0].backend
         start = time.perf_counter()
         try:
-            for event in stream_batch(target, [r[1] for r in ready], [r[0].params for r in ready]):
+            for event in backend.stream([r[1] for r in ready], [r[0].params for r in ready]):
                 job, _, timings, source_tokens = ready[event.index]
                 job.emit("delta", event)
                 if event.completion is not None:

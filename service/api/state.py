@@ -16,6 +16,7 @@ from typing import Any
 from aligners import Aligner
 from calibrate.store import MapKey, MapNotFoundError, MapStore
 from service.api.errors import InvalidRequestError, NotFoundError, NotReadyError
+from service.backends import Backend, make_backend
 from service.runtime.handover import LayerMap, matching_layer
 from service.runtime.loading import LoadedModel, load_model
 from service.settings import Settings
@@ -41,6 +42,7 @@ class ServiceState:
     served: list[dict[str, Any]] = field(default_factory=list)  # manifest entries
     refused: list[dict[str, str]] = field(default_factory=list)
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    backends: dict[str, Backend] = field(default_factory=dict)  # per target alias
     status: str = "loading"
     detail: str = "starting"
     _maps: OrderedDict[MapKey, Aligner] = field(default_factory=OrderedDict)
@@ -62,6 +64,7 @@ class ServiceState:
                 self.models[alias] = load_model(
                     spec, name=alias, dtype=self.settings.dtype, device=devices.get(alias, "cpu")
                 )
+                self.backends[alias] = make_backend(self.settings.backend, self.models[alias])
             if self.settings.prepare_maps and not self.store.entries() and len(self.models) >= 2:
                 self.detail = "fitting a default map set (no maps found)"
                 log.info(self.detail)
@@ -152,6 +155,15 @@ class ServiceState:
             while len(self._maps) > MAP_CACHE:
                 self._maps.popitem(last=False)
         return aligner
+
+    def backend(self, target: str, mode: str, layer: int) -> Backend:
+        backend = self.backends[target]
+        if not backend.supports(mode, layer):
+            raise InvalidRequestError(
+                f"the {backend.name} backend serving {target} cannot run mode {mode!r} at layer "
+                f"{layer}; the transformers backend serves it"
+            )
+        return backend
 
     def _entries(self, source: str, target: str) -> list[dict[str, Any]]:
         return [e for e in self.served if e["source"] == source and e["target"] == target]

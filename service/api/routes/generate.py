@@ -38,7 +38,8 @@ def _job(state: ServiceState, req: GenerateRequest, resolved: Resolved) -> Gener
         stop=list(req.stop),
     )
     group = (req.target, req.mode, resolved.target_layer)
-    return GenerateJob(group=group, target=tgt, build=build, params=params, loop=asyncio.get_running_loop())
+    backend = state.backend(req.target, req.mode, resolved.target_layer or 0)
+    return GenerateJob(group=group, backend=backend, build=build, params=params, loop=asyncio.get_running_loop())
 
 
 def _response(

@@ -22,7 +22,7 @@ from service.api.schemas import (
     TranslateRequest,
     TranslateResponse,
 )
-from service.api.state import ServiceState
+from service.api.state import Resolved, ServiceState
 from service.runtime.encode import encode
 
 router = APIRouter(tags=["translate"], dependencies=[Authorized])
@@ -36,10 +36,9 @@ def check_length(state: ServiceState, **texts: str) -> None:
             raise TooLargeError(f"{name} has {len(text)} characters; this server accepts at most {limit}")
 
 
-def translate(state: ServiceState, req: TranslateRequest) -> TranslateResponse:
+def translate(state: ServiceState, req: TranslateRequest, resolved: Resolved) -> TranslateResponse:
     """Runs on the model worker."""
     src, tgt = state.model(req.source), state.model(req.target)
-    resolved = state.resolve(req.source, req.target, "replace", req.layer, req.method)
     layer_map = resolved.maps[0]
     t0 = time.perf_counter()
     enc = encode(src, [req.text], [layer_map.source_layer])[0]
@@ -102,7 +101,8 @@ def translate(state: ServiceState, req: TranslateRequest) -> TranslateResponse:
 async def post_translate(req: TranslateRequest, state: StateDep, engine: EngineDep, m: MetricsDep) -> TranslateResponse:
     state.require_ready()
     check_length(state, text=req.text)
-    await run_in_threadpool(state.resolve, req.source, req.target, "replace", req.layer, req.method)  # 404s first
-    result: TranslateResponse = await engine.call(lambda: translate(state, req))
+    # Resolved before queueing, so unknown models or maps answer 404 without waiting for the worker.
+    resolved = await run_in_threadpool(state.resolve, req.source, req.target, "replace", req.layer, req.method)
+    result: TranslateResponse = await engine.call(lambda: translate(state, req, resolved))
     m.tokens.labels("source").inc(len(result.tokens))
     return result

@@ -2,4 +2,6 @@ import sys
 
 from service.cli import main
 
-sys.exit(main())
+# Guarded: vLLM's engine processes start with spawn and import this module again.
+if __name__ == "__main__":
+    sys.exit(main())

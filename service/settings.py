@@ -13,13 +13,19 @@ from service.runtime.loading import cache_home
 
 
 def parse_assignments(text: str, what: str) -> dict[str, str]:
-    """``"a=x,b=y"`` -> {"a": "x", "b": "y"}."""
+    """``"a=x,b=y"`` -> {"a": "x", "b": "y"}. A part without ``=`` continues the previous value, so that
+    ``"a=cuda:0,1,b=cuda:2,3"`` places a on GPUs 0 and 1 and b on 2 and 3."""
     out: dict[str, str] = {}
+    last: str | None = None
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
+        if not sep and last is not None:
+            out[last] += f",{part}"
+            continue
         if not sep or not name.strip() or not value.strip():
             raise ValueError(f"{what} must look like alias=value,alias=value; got {part!r}")
-        out[name.strip()] = value.strip()
+        last = name.strip()
+        out[last] = value.strip()
     return out
 
 
@@ -29,7 +35,14 @@ class Settings(BaseSettings):
     models: str = Field("smollm2=smollm2,gemma3=gemma3", description="alias=spec pairs: the models to load")
     maps: Path = Field(default_factory=lambda: cache_home() / "maps", description="map store folder")
     prepare_maps: bool = Field(True, description="fit a small default map set when the store has none for the pair")
-    backend: Literal["transformers", "vllm"] = "transformers"
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="decoder for every target model: transformers (all modes) or vllm (native, embeds)"
+    )
+    backends: str = Field("", description="alias=backend pairs overriding `backend` per model")
+    vllm_tensor_parallel_size: int = Field(1, ge=1, description="GPUs vLLM shards each served model over")
+    vllm_gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="share of GPU memory vLLM may take")
+    vllm_max_model_len: int | None = Field(None, ge=16, description="vLLM context length (default: the model's)")
+    vllm_enforce_eager: bool | None = Field(None, description="skip CUDA graphs (default: only on CPU)")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     devices: str = Field("", description="alias=device pairs (cpu, cuda:N, cuda:N,M); unlisted models use cpu")
     max_text_chars: int = Field(20_000, ge=1, description="longest text or prompt accepted (413 beyond)")
@@ -52,6 +65,17 @@ class Settings(BaseSettings):
     def _devices(cls, value: str) -> str:
         parse_assignments(value, "INTERLINGUA_DEVICES")
         return value
+
+    @field_validator("backends")
+    @classmethod
+    def _backends(cls, value: str) -> str:
+        for alias, name in parse_assignments(value, "INTERLINGUA_BACKENDS").items():
+            if name not in ("transformers", "vllm"):
+                raise ValueError(f"INTERLINGUA_BACKENDS: backend for {alias!r} must be transformers or vllm, got {name!r}")
+        return value
+
+    def backend_for(self, alias: str) -> str:
+        return parse_assignments(self.backends, "INTERLINGUA_BACKENDS").get(alias, self.backend)
 
     @property
     def model_specs(self) -> dict[str, str]:

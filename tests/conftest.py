@@ -26,7 +26,9 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny(tiny_dirs: dict[str, Path]) -> dict[str, LoadedModel]:
-    return {arch: load_model(str(path), name=arch) for arch, path in tiny_dirs.items()}
+    """The tiny models on INTERLINGUA_TEST_DEVICE (default cpu; e.g. cuda:0 to run the runtime oracles on a GPU)."""
+    device = os.environ.get("INTERLINGUA_TEST_DEVICE", "cpu")
+    return {arch: load_model(str(path), name=arch, device=device) for arch, path in tiny_dirs.items()}
 
 
 @pytest.fixture(scope="session")

@@ -44,10 +44,11 @@ def prompt_for(m: LoadedModel, mode: str, layer: int, text: str = TEXT, suffix: 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_stack_reproduces_transformers_forward(tiny: dict[str, LoadedModel], arch: str) -> None:
     m = tiny[arch]
-    ids = torch.tensor([[m.start_token_id, *m.tokenize(TEXT + SUFFIX)[0]]])
+    dev = m.stack.device
+    ids = torch.tensor([[m.start_token_id, *m.tokenize(TEXT + SUFFIX)[0]]], device=dev)
     ref = m.model(ids, output_hidden_states=True)
     valid = torch.ones_like(ids, dtype=torch.bool)
-    pos = torch.arange(ids.shape[1])[None]
+    pos = torch.arange(ids.shape[1], device=dev)[None]
     h, cap = m.stack.run(
         m.stack.embed(ids), 0, m.n_layers, pos, valid, KVCache.empty(m.n_layers), capture=set(range(m.n_layers))
     )
@@ -57,7 +58,7 @@ def test_stack_reproduces_transformers_forward(tiny: dict[str, LoadedModel], arc
     # encode() returns transformers' numbering, including the final-norm output at N, without the start token.
     states = own_states(m, TEXT + SUFFIX)[1]
     for k in range(m.n_layers + 1):
-        torch.testing.assert_close(states[k], ref.hidden_states[k][0, 1:], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(states[k], ref.hidden_states[k][0, 1:].cpu(), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -65,7 +66,7 @@ def test_native_greedy_equals_transformers_generate(tiny: dict[str, LoadedModel]
     m = tiny[arch]
     p = prompt_for(m, "native", 0)
     ours = generate(m, [p], SamplingParams(max_new_tokens=12))[0]
-    prompt = torch.tensor([[m.start_token_id, *(p.prefix_ids or []), *p.suffix_ids]])
+    prompt = torch.tensor([[m.start_token_id, *(p.prefix_ids or []), *p.suffix_ids]], device=m.stack.device)
     ref = m.model.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
     assert ours.token_ids == ref[0, prompt.shape[1] :].tolist()[: len(ours.token_ids)]
     assert len(ours.token_ids) >= 1
@@ -129,13 +130,14 @@ def test_cached_decoding_equals_full_recomputation(tiny: dict[str, LoadedModel],
     logits, next_pos, _ = pre.run()
     cached_logits.append(logits[0])
     for step in range(2):
-        ids = torch.tensor([[out.token_ids[step]]])
+        dev = m.stack.device
+        ids = torch.tensor([[out.token_ids[step]]], device=dev)
         h, _ = m.stack.run(
             m.stack.embed(ids),
             0,
             m.n_layers,
-            torch.tensor([[next_pos[0] + step]]),
-            torch.ones(1, 1, dtype=torch.bool),
+            torch.tensor([[next_pos[0] + step]], device=dev),
+            torch.ones(1, 1, dtype=torch.bool, device=dev),
             pre.cache,
         )
         cached_logits.append(m.stack.logits(h[0, -1]))

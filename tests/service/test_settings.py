@@ -28,6 +28,13 @@ def test_environment_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.queue_size == 3 and s.port == 9001
 
 
+def test_devices_may_list_several_gpus_per_model() -> None:
+    s = Settings(models="a=x,b=y", devices="a=cuda:0,1,b=cuda:2,3")  # compose.yaml's default placement
+    assert s.device_map == {"a": "cuda:0,1", "b": "cuda:2,3"}
+    with pytest.raises(ValidationError, match="alias=value"):
+        Settings(devices="cuda:0,a=cpu")
+
+
 @pytest.mark.parametrize(
     "env,word",
     [
@@ -57,10 +64,19 @@ def test_cli_help_lists_every_setting() -> None:
         assert flag in out
 
 
-def test_unavailable_backend_fails_loading_with_a_clear_detail(tiny_dirs, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from service.api.state import ServiceState
+def test_backend_per_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTERLINGUA_BACKENDS", "b=vllm")
+    s = Settings(models="a=x,b=y")
+    assert (s.backend_for("a"), s.backend_for("b")) == ("transformers", "vllm")
+    assert s.vllm_tensor_parallel_size == 1 and s.vllm_gpu_memory_utilization == 0.9
+    with pytest.raises(ValidationError, match="backend for 'b' must be transformers or vllm, got 'tgi'"):
+        Settings(backends="b=tgi")
+    with pytest.raises(ValidationError, match="vllm_gpu_memory_utilization"):
+        Settings(vllm_gpu_memory_utilization=1.5)
 
-    state = ServiceState(Settings(models=f"t={tiny_dirs['llama']}", backend="vllm", maps=tmp_path, prepare_maps=False))
-    state.load()
-    assert state.status == "failed"
-    assert "backend 'vllm' is not available in this build; available: ['transformers']" in state.detail
+
+def test_unknown_backend_name_is_refused_naming_the_choices(tiny) -> None:  # type: ignore[no-untyped-def]
+    from service.backends import make_backend
+
+    with pytest.raises(ValueError, match=r"unknown backend 'tgi'; available: \['transformers', 'vllm'\]"):
+        make_backend("tgi", tiny["llama"])

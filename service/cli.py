@@ -17,7 +17,12 @@ from service.settings import Settings
 FLAGS = {
     "models": "alias=spec pairs, e.g. smollm2=smollm2,gemma3=gemma3 (specs: alias, folder, .gguf file, hub id)",
     "maps": "map store folder written by interlingua-calibrate",
-    "backend": "transformers or vllm",
+    "backend": "decoder for every target model: transformers (every mode) or vllm (native and embeds)",
+    "backends": "alias=backend pairs overriding --backend per model, e.g. gemma3=vllm",
+    "vllm_tensor_parallel_size": "GPUs vLLM shards each model it serves over",
+    "vllm_gpu_memory_utilization": "share of each GPU's memory vLLM may take (0-1]",
+    "vllm_max_model_len": "vLLM context length (default: the model's)",
+    "vllm_enforce_eager": "true/false: skip CUDA graphs (default: only on CPU)",
     "dtype": "float32, bfloat16 or float16",
     "devices": "alias=device pairs: cpu, cuda:N, or cuda:N,M to shard one model",
     "max_text_chars": "longest text or prompt accepted (413 beyond)",

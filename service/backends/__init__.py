@@ -7,10 +7,13 @@ backend that cannot run a mode says so through ``supports`` and the service answ
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from service.runtime.generate import Prompt, SamplingParams, StepEvent, stream_batch
 from service.runtime.loading import LoadedModel
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 
 class Backend(Protocol):
@@ -30,7 +33,7 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def __init__(self, target: LoadedModel) -> None:
+    def __init__(self, target: LoadedModel, settings: Settings | None = None) -> None:
         self.target = target
 
     def supports(self, mode: str, layer: int) -> bool:
@@ -40,10 +43,28 @@ class TransformersBackend:
         return stream_batch(self.target, prompts, params)
 
 
-BACKENDS: dict[str, Callable[[LoadedModel], Backend]] = {"transformers": TransformersBackend}
+def _vllm(target: LoadedModel, settings: Settings | None = None) -> Backend:
+    from service.backends.vllm_engine import VLLMBackend
+    from service.settings import Settings
+
+    s = settings or Settings()
+    return VLLMBackend(
+        target,
+        dtype=s.dtype,
+        tensor_parallel_size=s.vllm_tensor_parallel_size,
+        gpu_memory_utilization=s.vllm_gpu_memory_utilization,
+        max_model_len=s.vllm_max_model_len,
+        enforce_eager=s.vllm_enforce_eager,
+    )
 
 
-def make_backend(name: str, target: LoadedModel) -> Backend:
+BACKENDS: dict[str, Callable[[LoadedModel, Settings | None], Backend]] = {
+    "transformers": TransformersBackend,
+    "vllm": _vllm,
+}
+
+
+def make_backend(name: str, target: LoadedModel, settings: Settings | None = None) -> Backend:
     if name not in BACKENDS:
-        raise ValueError(f"backend {name!r} is not available in this build; available: {sorted(BACKENDS)}")
-    return BACKENDS[name](target)
+        raise ValueError(f"unknown backend {name!r}; available: {sorted(BACKENDS)}")
+    return BACKENDS[name](target, settings)

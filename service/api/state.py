@@ -64,9 +64,7 @@ class ServiceState:
                 self.models[alias] = load_model(
                     spec, name=alias, dtype=self.settings.dtype, device=devices.get(alias, "cpu")
                 )
-                self.backends[alias] = make_backend(
-                    self.settings.backend_for(alias), self.models[alias], self.settings
-                )
+                self.backends[alias] = make_backend(self.settings.backend_for(alias), self.models[alias], self.settings)
             if self.settings.prepare_maps and not self.store.entries() and len(self.models) >= 2:
                 self.detail = "fitting a default map set (no maps found)"
                 log.info(self.detail)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -130,9 +130,9 @@ class VLLMBackend:
         try:
             while index:
                 for out in self.engine.step():
-                    i = index.get(out.request_id)
-                    if i is None:
+                    if out.request_id not in index:
                         continue
+                    i = index[out.request_id]
                     step = out.outputs[0]
                     delta = step.text
                     for token in step.token_ids:
@@ -140,7 +140,7 @@ class VLLMBackend:
                             token_ids[i].append(token)  # like the runtime: an ending EOS is not part of the output
                     completion = None
                     if out.finished:
-                        reason = "length" if step.finish_reason == "length" else "stop"
+                        reason: Literal["stop", "length"] = "length" if step.finish_reason == "length" else "stop"
                         if isinstance(step.stop_reason, str):  # a stop string: vLLM's text ends before it
                             text = texts[i] + delta
                         else:  # the whole decoded output, as the runtime gives it (an unfinished character included)

@@ -35,7 +35,9 @@ def run(backend: object, prompts: list[Prompt], params: SamplingParams) -> list[
 
 
 @pytest.fixture(scope="module", params=["llama", "gemma3"])
-def backends(request: pytest.FixtureRequest, tiny_dirs: dict[str, Path]) -> Iterator[tuple[LoadedModel, object, object]]:
+def backends(
+    request: pytest.FixtureRequest, tiny_dirs: dict[str, Path]
+) -> Iterator[tuple[LoadedModel, object, object]]:
     require_vllm()
     from service.backends.vllm_engine import VLLMBackend
 

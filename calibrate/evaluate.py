@@ -133,7 +133,11 @@ def _maps_for(
         return store.load(k, source.fingerprint, target.fingerprint)[0]
 
     if mode == "embeds":
-        layers = [(key.source_layer, 0)]
+        # The key's source layer into layer 0; without such a map, the per-layer map into layer 0 (`--full`).
+        ls = key.source_layer
+        if one(ls, 0) is None:
+            ls = matching_layer(0, target.n_layers, source.n_layers)
+        layers = [(ls, 0)]
     elif mode == "full":
         layers = [(matching_layer(k, target.n_layers, source.n_layers), k) for k in range(key.target_layer)]
         layers.append((key.source_layer, key.target_layer))
@@ -208,17 +212,22 @@ def evaluate_direction(
             if maps is None:
                 translated.append({**key.as_dict(), "mode": mode, "missing": "maps not in store"})
                 continue
-            scores = batched(target, translated_builder(source, target, mode, maps), items, params, batch_size)
+            # last_token places its vector after every scored continuation token: its NLL would be the no-context
+            # NLL by construction, so none is reported.
+            with_nll = mode != "last_token"
+            builder = translated_builder(source, target, mode, maps)
+            scores = batched(target, builder, items, params, batch_size, with_nll)
             if (mode, layer) not in identity:
                 identity[(mode, layer)] = batched(
-                    target, identity_builder(target, mode, layer), items, params, batch_size
+                    target, identity_builder(target, mode, layer), items, params, batch_size, with_nll
                 )
             translated.append(
                 {
                     **key.as_dict(),
                     "mode": mode,
+                    "layers": f"L{maps[-1].source_layer}->L{maps[-1].target_layer}",  # the map this mode used
                     **scores,
-                    "cbr": cbr(scores["nll"]),
+                    "cbr": cbr(scores["nll"]) if with_nll else None,
                     "pct_native": 100 * scores["f1"] / baselines["native"]["f1"]
                     if baselines["native"]["f1"]
                     else float("nan"),
@@ -253,7 +262,7 @@ def eval_markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["translated"]:
-        layers = f"L{r['source_layer']}->L{0 if r['mode'] == 'embeds' else r['target_layer']}"
+        layers = r.get("layers") or f"L{r['source_layer']}->L{0 if r['mode'] == 'embeds' else r['target_layer']}"
         if "missing" in r:
             lines.append(f"| {r['method']} | {layers} | {r['mode']} | n/a ({r['missing']}) | | | | | | |")
             continue

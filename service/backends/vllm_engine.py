@@ -154,5 +154,5 @@ class VLLMBackend:
                     if out.finished:
                         del index[out.request_id]
         finally:
-            if index:  # the consumer stopped early (a client went away): free the engine's slots
+            if index:  # decoding stopped early (an error, or the consumer closed us): free the engine's slots
                 self.engine.abort_request(list(index))

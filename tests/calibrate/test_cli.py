@@ -13,6 +13,7 @@ import torch
 from aligners import load
 from calibrate.cli import main
 from calibrate.store import MapKey, MapMismatchError, MapStore
+from service.runtime.loading import LoadedModel
 
 pytestmark = pytest.mark.slow
 
@@ -115,6 +116,12 @@ def test_eval_reports_every_baseline(fitted: tuple[Path, Path, list[str]], capsy
         assert {t["method"] for t in r["translated"]} == {"procrustes", "affine", "lora"}
         assert {i["mode"] for i in r["identity"]} == modes
         assert all("f1" in t and "identity_f1" in t for t in r["translated"])
+        for t in r["translated"]:
+            if t["mode"] == "embeds":
+                assert t["layers"].endswith("->L0")
+            # last_token's vector comes after every scored continuation token: no NLL to report.
+            assert ("nll" in t) == (t["mode"] != "last_token")
+            assert (t["cbr"] is None) == (t["mode"] == "last_token")
         assert len(r["screen"]) == 15
     assert (out / "heatmap-llama__gemma3.png").stat().st_size > 1000
     manifest = json.loads((out / "manifest.json").read_text())
@@ -174,3 +181,18 @@ def test_console_script_help() -> None:
         [sys.executable, "-m", "calibrate", "fit", "--help"], capture_output=True, text=True, check=True
     )
     assert "--target-layers" in done.stdout and "builtin:fictional-qa" in done.stdout
+
+
+def test_embeds_falls_back_to_the_per_layer_map_into_layer_0(
+    fitted: tuple[Path, Path, list[str]], tiny: dict[str, LoadedModel]
+) -> None:
+    from calibrate.evaluate import _maps_for
+
+    out, _, _ = fitted
+    store = MapStore(out)
+    src, tgt = tiny["llama"], tiny["gemma3"]
+    direct = _maps_for(store, src, tgt, MapKey("llama", "gemma3", 2, 1, "affine"), "embeds")
+    assert direct is not None and [(m.source_layer, m.target_layer) for m in direct] == [(2, 0)]
+    # No map leaves source layer 3: the per-layer map into layer 0 (source layer at matching depth) stands in.
+    fallback = _maps_for(store, src, tgt, MapKey("llama", "gemma3", 3, 1, "affine"), "embeds")
+    assert fallback is not None and [(m.source_layer, m.target_layer) for m in fallback] == [(0, 0)]

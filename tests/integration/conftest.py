@@ -140,19 +140,24 @@ def server(tiny_dirs: dict[str, Path], tiny_maps: Path, tmp_path_factory: pytest
     stop_server(s)
 
 
+def special_server(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Server]:
+    """For fixtures: a locally started server with special settings (skipped against a deployment), stopped after."""
+    if EXTERNAL:
+        pytest.skip("needs a locally started server with special settings")
+    s = start_server(env, tmp_path_factory.mktemp("log") / f"{name}.log")
+    yield s
+    stop_server(s)
+
+
 @pytest.fixture(scope="session")
 def strict_server(
     tiny_dirs: dict[str, Path], tiny_maps: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     """A server with an API key, a queue of one and no batching."""
-    if EXTERNAL:
-        pytest.skip("needs a locally started server with special settings")
     env = tiny_env(
         tiny_dirs, tiny_maps, INTERLINGUA_API_KEY="sesame", INTERLINGUA_QUEUE_SIZE="1", INTERLINGUA_MAX_BATCH="1"
     )
-    s = start_server(env, tmp_path_factory.mktemp("log") / "strict.log")
-    yield s
-    stop_server(s)
+    yield from special_server(env, tmp_path_factory, "strict")
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import EXTERNAL, Server, start_server, stop_server, tiny_env
+from tests.integration.conftest import EXTERNAL, Server, special_server, tiny_env
 from tests.vllm.conftest import require_vllm
 
 pytestmark = pytest.mark.slow
@@ -21,13 +21,10 @@ PROMPT = " question: who built the mill? answer:"
 def vllm_server(
     tiny_dirs: dict[str, Path], tiny_maps: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    if EXTERNAL:
-        pytest.skip("needs a locally started server with special settings")
-    require_vllm()
+    if not EXTERNAL:
+        require_vllm()
     env = tiny_env(tiny_dirs, tiny_maps, INTERLINGUA_BACKENDS="gemma3=vllm", VLLM_CPU_KVCACHE_SPACE="1")
-    s = start_server(env, tmp_path_factory.mktemp("log") / "vllm.log")
-    yield s
-    stop_server(s)
+    yield from special_server(env, tmp_path_factory, "vllm")
 
 
 def request(mode: str, **extra: object) -> dict[str, object]:

@@ -126,18 +126,18 @@ def _maps_for(
 ) -> list[LayerMap] | None:
     """The maps a mode needs for this key, or None when the store lacks them (``full`` needs per-layer maps)."""
 
-    def one(ls: int, lt: int) -> Aligner | None:
+    def stored(ls: int, lt: int) -> MapKey | None:
         k = MapKey(key.source, key.target, ls, lt, key.method)
-        if not (store.root / k.relpath).exists():
-            return None
-        return store.load(k, source.fingerprint, target.fingerprint)[0]
+        return k if (store.root / k.relpath).exists() else None
+
+    def one(ls: int, lt: int) -> Aligner | None:
+        k = stored(ls, lt)
+        return None if k is None else store.load(k, source.fingerprint, target.fingerprint)[0]
 
     if mode == "embeds":
         # The key's source layer into layer 0; without such a map, the per-layer map into layer 0 (`--full`).
-        ls = key.source_layer
-        if one(ls, 0) is None:
-            ls = matching_layer(0, target.n_layers, source.n_layers)
-        layers = [(ls, 0)]
+        has_own = stored(key.source_layer, 0) is not None
+        layers = [(key.source_layer if has_own else matching_layer(0, target.n_layers, source.n_layers), 0)]
     elif mode == "full":
         layers = [(matching_layer(k, target.n_layers, source.n_layers), k) for k in range(key.target_layer)]
         layers.append((key.source_layer, key.target_layer))

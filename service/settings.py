@@ -4,12 +4,14 @@ flags. Bad values fail at start-up with the variable's name."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.runtime.loading import cache_home
+
+BackendName = Literal["transformers", "vllm"]
 
 
 def parse_assignments(text: str, what: str) -> dict[str, str]:
@@ -35,7 +37,7 @@ class Settings(BaseSettings):
     models: str = Field("smollm2=smollm2,gemma3=gemma3", description="alias=spec pairs: the models to load")
     maps: Path = Field(default_factory=lambda: cache_home() / "maps", description="map store folder")
     prepare_maps: bool = Field(True, description="fit a small default map set when the store has none for the pair")
-    backend: Literal["transformers", "vllm"] = Field(
+    backend: BackendName = Field(
         "transformers", description="decoder for every target model: transformers (all modes) or vllm (native, embeds)"
     )
     backends: str = Field("", description="alias=backend pairs overriding `backend` per model")
@@ -70,7 +72,7 @@ class Settings(BaseSettings):
     @classmethod
     def _backends(cls, value: str) -> str:
         for alias, name in parse_assignments(value, "INTERLINGUA_BACKENDS").items():
-            if name not in ("transformers", "vllm"):
+            if name not in get_args(BackendName):
                 raise ValueError(
                     f"INTERLINGUA_BACKENDS: backend for {alias!r} must be transformers or vllm, got {name!r}"
                 )

@@ -7,11 +7,13 @@
     m2, meta = load("map.safetensors")
 
 Kinds: ``procrustes`` (orthogonal, training-free), ``linear`` and ``affine`` (ridge least squares), ``lora`` (a
-rank-8 adapter on a frozen Procrustes or affine base).
+rank-8 adapter on a frozen Procrustes or affine base), ``distill`` (least-squares init, then trained through the target
+model; optionally with a residual MLP).
 """
 
-from aligners import linear, lora, procrustes  # noqa: F401  (registers the kinds)
+from aligners import distill, linear, lora, procrustes  # noqa: F401  (registers the kinds)
 from aligners.base import REGISTRY, Aligner, NotFittedError, build
+from aligners.distill import Distill
 from aligners.io import FORMAT_VERSION, MapFileError, load, read_header, save
 from aligners.linear import Affine, Linear
 from aligners.lora import LoRA
@@ -25,6 +27,7 @@ __all__ = [
     "REGISTRY",
     "Affine",
     "Aligner",
+    "Distill",
     "Linear",
     "LoRA",
     "MapFileError",

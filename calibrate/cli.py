@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from aligners import MapFileError, read_header
-from calibrate.data import DataError, read_items, split_items
-from calibrate.fit import METHODS, Side, layer_pairs, sweep
+from calibrate.data import DataError, Item, read_items, split_items
+from calibrate.distill import Through, TrainConfig
+from calibrate.fit import METHODS, TRAINED, Side, layer_pairs, split_passages, sweep
 from calibrate.layers import check_range, parse_layers
+from calibrate.probes import PROBE_KINDS, make_probes
 from calibrate.store import MapStore
 from service.runtime.loading import LoadedModel, ModelSpecError, cache_home, load_model
 
@@ -54,16 +56,19 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     models = {"a": _load(args.source, args), "b": _load(args.target, args)}
     directions = [("a", "b")] + ([("b", "a")] if args.directions == "both" else [])
-    plans: list[tuple[str, str, list[tuple[int, int]]]] = []
+    plans: list[tuple[str, str, list[tuple[int, int]], set[tuple[int, int]]]] = []
     needed: dict[str, set[int]] = {"a": set(), "b": set()}
     for s, t in directions:
         src, tgt = models[s], models[t]
         check_range(source_layers, src.n_layers, src.name, "--layers")
         if target_layers is not None:
             check_range(target_layers, tgt.n_layers, tgt.name, "--target-layers", allow_last=False)
+        main = layer_pairs(source_layers, target_layers, src.n_layers, tgt.n_layers, False)
         pairs = layer_pairs(source_layers, target_layers, src.n_layers, tgt.n_layers, args.full)
-        pairs = [(ls, min(lt, tgt.n_layers - 1)) for ls, lt in pairs]  # injection layers stop below N
-        plans.append((s, t, pairs))
+        below = tgt.n_layers - 1  # injection layers stop below N
+        main = [(ls, min(lt, below)) for ls, lt in main]
+        pairs = [(ls, min(lt, below)) for ls, lt in pairs]
+        plans.append((s, t, pairs, set(pairs) - set(main)))
         needed[s].update(ls for ls, _ in pairs)
         needed[t].update(lt for _, lt in pairs)
 
@@ -77,9 +82,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     store = MapStore(args.out)
     metadata = {"data": args.data, "seed": args.seed, "n_passages": len(calib), "format": "interlingua.map"}
     rows: list[dict[str, Any]] = []
-    for s, t, pairs in plans:
+    curves: dict[str, list[dict[str, float]]] = {}
+    trains_through = args.proxy_probes > 0 or any(m in TRAINED for m in methods)
+    for s, t, pairs, helpers in plans:
         sides = Side(models[s].name, models[s], encoded[s]), Side(models[t].name, models[t], encoded[t])
-        for result in sweep(*sides, pairs, methods, store, metadata, args.seed):
+        through = _through(models[t], calib, args, timings) if trains_through else None
+        for result in sweep(*sides, pairs, methods, store, metadata, args.seed, through, helpers, args.train_top):
             rows.append(
                 {
                     **result.key.as_dict(),
@@ -89,6 +97,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
                     "n_pairs_heldout": result.n_heldout,
                 }
             )
+            if "curve" in result.extra:
+                k = result.key
+                curves[f"{k.source}->{k.target} L{k.source_layer}->L{k.target_layer} {k.method}"] = result.extra[
+                    "curve"
+                ]
             timings[f"fit {result.key.method}"] = timings.get(f"fit {result.key.method}", 0.0) + result.fit_seconds
 
     manifest = store.manifest()
@@ -102,15 +115,44 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "models": {m.name: {"spec": m.spec, "fingerprint": m.fingerprint} for m in models.values()},
     }
     store.write_manifest(manifest)
-    store.choose_defaults(by="r2")
-    report = {"rows": rows, "timings_s": timings, "calibration": manifest["calibration"]}
+    for change in store.choose_defaults(by="kl" if trains_through else "r2"):
+        print(change, file=sys.stderr)
+    report = {"rows": rows, "timings_s": timings, "calibration": manifest["calibration"], "curves": curves}
     (store.root / "fit-report.json").write_text(json.dumps(report, indent=1))
-    from calibrate.report import fit_markdown
+    from calibrate.report import fit_markdown, learning_curves
 
+    if curves:
+        learning_curves(curves, store.root / "learning-curves.png")
     (store.root / "fit-report.md").write_text(fit_markdown(rows, timings))
     print(fit_markdown(rows, timings))
     print(f"wrote {len(rows)} maps and {store.manifest_path}")
     return 0
+
+
+def _through(target: LoadedModel, calib: list[Item], args: argparse.Namespace, timings: dict[str, float]) -> Through:
+    """Probes on the calibration passages and the target's own behaviour on them (see ``calibrate.distill``)."""
+    start = time.perf_counter()
+    kinds = [k.strip() for k in args.probes.split(",") if k.strip()]
+    probes = make_probes(target, calib, kinds, args.probe_tokens)
+    timings[f"probes {target.name}"] = time.perf_counter() - start
+    config = TrainConfig(
+        lr=args.lr,
+        batch_size=args.train_batch,
+        max_epochs=args.train_epochs,
+        max_minutes=args.train_minutes,
+        heldout_probes=max(1, args.proxy_probes),
+        seed=args.seed,
+    )
+    _, held = split_passages(len(calib), args.seed)
+    start = time.perf_counter()
+    through = Through.build(target, [it.context for it in calib], probes, set(held), config, Path(args.cache))
+    timings[f"teacher {target.name}"] = time.perf_counter() - start
+    print(
+        f"{target.name}: {len(probes)} probes ({', '.join(kinds)}), {len(through.train_idx)} for training, "
+        f"{len(through.held_idx)} held out",
+        file=sys.stderr,
+    )
+    return through
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -202,6 +244,32 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--directions", default="both", choices=["both", "forward"])
     fit.add_argument("--full", action="store_true", help="also fit the per-layer maps the `full` mode needs")
     fit.add_argument("--out", default="maps", help="map store folder (default ./maps)")
+    train = fit.add_argument_group(
+        "maps trained through the target (distill, distill-mlp) and the label-free ranking of every map"
+    )
+    train.add_argument(
+        "--probes",
+        default=",".join(PROBE_KINDS),
+        help="what the target reads after a handed-over passage, from "
+        f"{', '.join(PROBE_KINDS)} (default all; qa only where items have questions)",
+    )
+    train.add_argument("--probe-tokens", type=int, default=32, help="tokens per probe (default 32)")
+    train.add_argument(
+        "--proxy-probes",
+        type=int,
+        default=48,
+        help="held-out probes every map is scored on (KL of the target's next-token distributions against reading "
+        "the text itself; ranks maps and picks defaults); 0 = rank by R² instead (default 48)",
+    )
+    train.add_argument(
+        "--train-top", type=int, default=1, help="source layers trained per target layer, best proxy first (default 1)"
+    )
+    train.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default 2e-4)")
+    train.add_argument("--train-batch", type=int, default=4, help="probes per training step (default 4)")
+    train.add_argument("--train-epochs", type=float, default=3.0, help="at most this many epochs (default 3)")
+    train.add_argument(
+        "--train-minutes", type=float, default=40.0, help="wall-clock budget per trained map (default 40)"
+    )
     model_options(fit)
     fit.set_defaults(func=cmd_fit)
 
@@ -246,7 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("samples", "eval_samples", "batch_size", "max_new_tokens", "screen_items"):
+    for name in (
+        "samples",
+        "eval_samples",
+        "batch_size",
+        "max_new_tokens",
+        "screen_items",
+        "probe_tokens",
+        "train_top",
+        "train_batch",
+    ):
         if getattr(args, name, 1) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     try:

@@ -1,4 +1,5 @@
-"""Calibration and evaluation data: SQuAD v1.1/v2.0 JSON, JSONL, ``hf:NAME[:SPLIT]`` and ``builtin:NAME``.
+"""Calibration and evaluation data: SQuAD v1.1/v2.0 JSON, JSONL, ``hf:NAME[:SPLIT]`` and ``builtin:NAME``, alone or
+mixed (``builtin:fictional-qa,builtin:python-docs``).
 
 Every source becomes a list of ``Item``s. Items without a question (JSONL with only ``text``) serve calibration but
 not QA evaluation; SQuAD v2.0 unanswerable questions are skipped.
@@ -117,7 +118,12 @@ def _hf(spec: str) -> list[Item]:
 
 
 def read_items(spec: str, seed: int = 0, builtin_size: int = 2000) -> list[Item]:
-    """All items of a data source (``builtin:`` sources generate ``builtin_size`` items with ``seed``)."""
+    """All items of a data source (``builtin:`` sources generate ``builtin_size`` items with ``seed``). A
+    comma-separated list mixes sources: their items, interleaved one from each in turn."""
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if len(parts) > 1:
+        lists = [read_items(p, seed, builtin_size) for p in parts]
+        return [lst[i] for i in range(max(map(len, lists))) for lst in lists if i < len(lst)]
     if spec.startswith("builtin:"):
         from calibrate.fictional import BUILTINS
 

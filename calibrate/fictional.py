@@ -140,4 +140,15 @@ def generate_items(n: int, seed: int = 0) -> list[Item]:
     return [_item(rng, i) for i in range(n)]
 
 
-BUILTINS: dict[str, Callable[[int, int], list[Item]]] = {"fictional-qa": generate_items}
+def _builtins() -> dict[str, Callable[[int, int], list[Item]]]:
+    from calibrate import letters, prose
+
+    return {
+        "fictional-qa": generate_items,
+        "letters-qa": letters.generate_items,
+        "python-docs": prose.python_docs,
+        "stdlib-docs": prose.stdlib_docs,
+    }
+
+
+BUILTINS = _builtins()

@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from aligners import Aligner, build, metrics
+from calibrate.distill import Through
 from calibrate.pairing import pair_indices
 from calibrate.store import MapKey, MapStore
 from service.runtime.encode import Encoded
@@ -33,14 +34,18 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "affine": ("affine", {}),
     "lora": ("lora", {"base": "procrustes", **_LORA}),
     "lora-affine": ("lora", {"base": "affine", **_LORA}),
+    # Least-squares init, then trained through the target (``calibrate.distill``); needs probes and a teacher.
+    "distill": ("distill", {}),
+    "distill-mlp": ("distill", {"hidden": 1024}),  # plus a zero-initialised residual MLP
 }
+TRAINED = ("distill", "distill-mlp")
 
 
 def make_aligner(method: str, seed: int) -> Aligner:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     kind, params = METHODS[method]
-    seeded = {**params, "seed": seed} if kind in ("linear", "affine", "lora") else params
+    seeded = {**params, "seed": seed} if kind in ("linear", "affine", "lora", "distill") else params
     return build(kind, **seeded)
 
 
@@ -78,7 +83,7 @@ def layer_pairs(
     return sorted(pairs)
 
 
-def _split_passages(n: int, seed: int, heldout_fraction: float = 0.1) -> tuple[list[int], list[int]]:
+def split_passages(n: int, seed: int, heldout_fraction: float = 0.1) -> tuple[list[int], list[int]]:
     order = list(range(n))
     random.Random(seed).shuffle(order)
     n_held = max(1, round(n * heldout_fraction)) if n > 1 else 0
@@ -96,6 +101,21 @@ def gather(src: Side, tgt: Side, items: list[int], ls: int, lt: int) -> tuple[to
     return torch.cat(xs).float(), torch.cat(ys).float()
 
 
+def _meta(
+    src: Side, tgt: Side, metadata: dict[str, Any], x: torch.Tensor, xh: torch.Tensor, n_fit: int
+) -> dict[str, Any]:
+    return {
+        **metadata,
+        "source_fingerprint": src.model.fingerprint,
+        "target_fingerprint": tgt.model.fingerprint,
+        "source_spec": src.model.spec,
+        "target_spec": tgt.model.spec,
+        "n_pairs_fit": int(x.shape[0]),
+        "n_pairs_heldout": int(xh.shape[0]),
+        "n_passages_fit": n_fit,
+    }
+
+
 def sweep(
     src: Side,
     tgt: Side,
@@ -104,34 +124,77 @@ def sweep(
     store: MapStore,
     metadata: dict[str, Any],
     seed: int = 0,
+    through: Through | None = None,
+    helpers: set[tuple[int, int]] | None = None,
+    train_top: int = 1,
 ) -> list[FitResult]:
-    """Fit and save every method for every layer pair of one direction."""
-    fit_idx, held_idx = _split_passages(len(src.encoded), seed)
+    """Fit and save every method for every layer pair of one direction.
+
+    With ``through`` (probes and the target's own behaviour on them), every map is also scored by the held-out KL of
+    the target reading the probes after the handover (``kl``, lower is better), and the trained kinds are trained
+    through the target for the ``train_top`` best source layers per target layer (ranked by the KL of their
+    least-squares init). ``helpers`` are the per-layer pairs only the ``full`` mode needs: fitted, never trained.
+    """
+    fit_idx, held_idx = split_passages(len(src.encoded), seed)
+    helpers = helpers or set()
+    closed = [m for m in methods if m not in TRAINED]
+    trained = [m for m in methods if m in TRAINED]
+    if trained and through is None:
+        raise ValueError(f"method(s) {trained} train through the target and need probes (a teacher)")
     results = []
-    bar = tqdm(total=len(pairs) * len(methods), desc=f"fit {src.name}->{tgt.name}", unit="map")
+    data: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
+    init_kl: dict[tuple[int, int], float] = {}
+    bar = tqdm(total=len(pairs) * len(closed), desc=f"fit {src.name}->{tgt.name}", unit="map")
     for ls, lt in pairs:
         x, y = gather(src, tgt, fit_idx, ls, lt)
         xh, yh = gather(src, tgt, held_idx, ls, lt)
-        for method in methods:
+        data[(ls, lt)] = (x, y, xh, yh)
+        for method in closed:
             start = time.perf_counter()
             aligner = make_aligner(method, seed).fit(x, y)
             seconds = time.perf_counter() - start
             scores = metrics.evaluate(aligner.transform(xh), yh, target_mean=y.mean(dim=0)) if len(xh) > 1 else {}
+            if through is not None:
+                scores["kl"] = through.score(aligner, src.encoded, ls, lt)
             key = MapKey(src.name, tgt.name, ls, lt, method)
-            meta = {
-                **metadata,
-                "source_fingerprint": src.model.fingerprint,
-                "target_fingerprint": tgt.model.fingerprint,
-                "source_spec": src.model.spec,
-                "target_spec": tgt.model.spec,
-                "n_pairs_fit": int(x.shape[0]),
-                "n_pairs_heldout": int(xh.shape[0]),
-                "n_passages_fit": len(fit_idx),
-                "fit_seconds": seconds,
-            }
-            store.save(key, aligner, meta, scores)
+            meta = {**_meta(src, tgt, metadata, x, xh, len(fit_idx)), "fit_seconds": seconds}
+            store.save(key, aligner, meta, scores, helper=(ls, lt) in helpers)
             results.append(FitResult(key, scores, seconds, int(x.shape[0]), int(xh.shape[0])))
             bar.update(1)
-            bar.set_postfix_str(f"L{ls}->L{lt} {method} r2={scores.get('r2', float('nan')):.3f}")
+            shown = f"kl={scores['kl']:.3f}" if "kl" in scores else f"r2={scores.get('r2', float('nan')):.3f}"
+            bar.set_postfix_str(f"L{ls}->L{lt} {method} {shown}")
     bar.close()
+    if not trained or through is None:
+        return results
+
+    # The trained kinds start from least squares: rank each main pair by the KL of that start, train the best.
+    main = [pair for pair in pairs if pair not in helpers]
+    for ls, lt in tqdm(main, desc=f"rank layers {src.name}->{tgt.name}", unit="pair", leave=False):
+        x, y, _, _ = data[(ls, lt)]
+        init_kl[(ls, lt)] = through.score(make_aligner("distill", seed).fit(x, y), src.encoded, ls, lt)
+    chosen = []
+    for lt in sorted({lt for _, lt in main}):
+        ranked = sorted((kl, ls) for (ls, t), kl in init_kl.items() if t == lt)
+        chosen.extend((ls, lt) for _, ls in ranked[:train_top])
+    for method in trained:
+        for ls, lt in chosen:
+            x, y, xh, yh = data[(ls, lt)]
+            start = time.perf_counter()
+            aligner = make_aligner(method, seed).fit(x, y)
+            report = through.train(aligner, src.encoded, ls, lt, label=f"{src.name}->{tgt.name} L{ls}->L{lt}")
+            seconds = time.perf_counter() - start
+            scores = metrics.evaluate(aligner.transform(xh), yh, target_mean=y.mean(dim=0)) if len(xh) > 1 else {}
+            scores["kl"] = report["heldout_kl"]
+            scores["init_kl"] = init_kl[(ls, lt)]
+            key = MapKey(src.name, tgt.name, ls, lt, method)
+            meta = {
+                **_meta(src, tgt, metadata, x, xh, len(fit_idx)),
+                "fit_seconds": seconds,
+                "train": {k: v for k, v in report.items() if k != "curve"},
+                "probes": sorted({p.kind for p in through.probes}),
+            }
+            store.save(key, aligner, meta, scores)
+            results.append(
+                FitResult(key, scores, seconds, int(x.shape[0]), int(xh.shape[0]), {"curve": report["curve"]})
+            )
     return results

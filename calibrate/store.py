@@ -16,6 +16,7 @@ from typing import Any
 from aligners import Aligner, load
 
 MANIFEST = "manifest.json"
+LOWER_IS_BETTER = ("kl", "nll")
 
 
 class MapMismatchError(ValueError):
@@ -84,8 +85,11 @@ class MapStore:
         tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
         os.replace(tmp, self.manifest_path)
 
-    def save(self, key: MapKey, aligner: Aligner, metadata: dict[str, Any], metrics: dict[str, float]) -> Path:
-        """Write one map file and record it in the manifest (replacing an entry with the same key)."""
+    def save(
+        self, key: MapKey, aligner: Aligner, metadata: dict[str, Any], metrics: dict[str, float], helper: bool = False
+    ) -> Path:
+        """Write one map file and record it in the manifest (replacing an entry with the same key). ``helper`` marks
+        a per-layer map only the ``full`` mode needs: never a default candidate."""
         path = self.root / key.relpath
         aligner.save(str(path), {**metadata, **key.as_dict(), "metrics": metrics})
         manifest = self.manifest()
@@ -97,6 +101,7 @@ class MapStore:
                 "metrics": metrics,
                 "source_fingerprint": metadata.get("source_fingerprint"),
                 "target_fingerprint": metadata.get("target_fingerprint"),
+                **({"helper": True} if helper else {}),
             }
         )
         manifest["maps"] = sorted(entries, key=lambda e: e["path"])
@@ -117,13 +122,31 @@ class MapStore:
         } | {"by": by}
         self.write_manifest(manifest)
 
-    def choose_defaults(self, by: str = "r2") -> None:
-        """Per pair, the map with the best ``metrics[by]`` (or ``eval[by]`` when present) becomes the default."""
-        for source, target in {(e["source"], e["target"]) for e in self.entries()}:
-            scored = [(e.get("eval", {}).get(by, e["metrics"].get(by)), e) for e in self.entries(source, target)]
-            scored = [(s, e) for s, e in scored if s is not None]
-            if scored:
-                self.set_default(source, target, max(scored, key=lambda se: se[0])[1], by)
+    def choose_defaults(self, by: str = "r2") -> list[str]:
+        """Per pair, the map with the best ``metrics[by]`` (or ``eval[by]`` when present) becomes the default: the
+        highest, or for ``kl`` the lowest. Helper maps are no candidates; when every candidate scores the same the
+        default stays. Returns a line per changed default."""
+        lower = by in LOWER_IS_BETTER
+        changes = []
+        defaults = self.manifest().get("defaults", {})
+        for source, target in sorted({(e["source"], e["target"]) for e in self.entries()}):
+            scored = [
+                (e.get("eval", {}).get(by, e["metrics"].get(by)), e)
+                for e in self.entries(source, target)
+                if not e.get("helper")
+            ]
+            scored = [(-s if lower else s, e) for s, e in scored if s is not None and s == s]
+            if not scored or (len({s for s, _ in scored}) == 1 and f"{source}__{target}" in defaults):
+                continue
+            best = max(scored, key=lambda se: se[0])[1]
+            old = defaults.get(f"{source}__{target}", {})
+            if any(old.get(k) != best[k] for k in ("source_layer", "target_layer", "method")):
+                changes.append(
+                    f"default {source} -> {target}: {best['method']} L{best['source_layer']}->L{best['target_layer']} "
+                    f"(best {by})"
+                )
+            self.set_default(source, target, best, by)
+        return changes
 
     def default(self, source: str, target: str) -> MapKey:
         d = self.manifest()["defaults"].get(f"{source}__{target}")

@@ -103,3 +103,24 @@ def save_tiny(path: Path, arch: str, vocab_size: int, seed: int = 0, layers: int
     model.save_pretrained(str(path))
     tok.save_pretrained(str(path))
     return path
+
+
+def rotated_copy(model: PreTrainedModel, q: torch.Tensor) -> PreTrainedModel:
+    """A Llama-style model whose hidden space is ``model``'s rotated by the orthogonal ``q``: its states are
+    ``model``'s states times ``q`` at every layer, and its logits are identical (RMS norms with uniform weights are
+    rotation invariant, so only the matrices that read or write the residual stream change)."""
+    import copy
+
+    rotated = copy.deepcopy(model)
+    with torch.no_grad():
+        inner = rotated.model
+        inner.embed_tokens.weight.copy_(inner.embed_tokens.weight @ q)
+        rotated.lm_head.weight.copy_(rotated.lm_head.weight @ q)
+        for layer in inner.layers:
+            for lin in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                lin.weight.copy_(lin.weight @ q)
+            for lin in (layer.mlp.gate_proj, layer.mlp.up_proj):
+                lin.weight.copy_(lin.weight @ q)
+            for lin in (layer.self_attn.o_proj, layer.mlp.down_proj):
+                lin.weight.copy_(q.T @ lin.weight)
+    return rotated

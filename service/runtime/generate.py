@@ -144,7 +144,7 @@ def _positions(starts: list[int], valid: torch.Tensor) -> torch.Tensor:
 class Prefill:
     """Builds the per-block caches for a batch of prompts and returns the logits of each prompt's last position."""
 
-    def __init__(self, target: LoadedModel, prompts: list[Prompt]) -> None:
+    def __init__(self, target: LoadedModel, prompts: list[Prompt], grad: bool = False) -> None:
         if not prompts:
             raise ValueError("no prompts to generate from")
         modes = {(p.mode, p.layer if p.mode != "native" else 0) for p in prompts}
@@ -155,6 +155,7 @@ class Prefill:
         self.target, self.prompts = target, prompts
         self.stack = target.stack
         self.cache = KVCache.empty(self.stack.n_layers)
+        self.grad = grad  # record autograd history from the handed-over states to the outputs (training a map)
         self.mode = prompts[0].mode
         self.layer = prompts[0].layer if self.mode != "native" else 0
         # Per prompt, final hidden states (before the norm) from the last position before the suffix through the end
@@ -222,12 +223,12 @@ class Prefill:
             h_start = h0
             for k in range(layer):
                 inputs[k][:, :1] = h_start.to(inputs[k].device)
-                out, _ = stack.run(inputs[k], k, k + 1, joint_pos, joint_valid, self.cache)
+                out, _ = stack.run(inputs[k], k, k + 1, joint_pos, joint_valid, self.cache, grad=self.grad)
                 h_start = out[:, :1]
         else:
             h_start, _ = stack.run(h0, 0, layer, zero, ones, self.cache)
         joint = torch.cat([h_start.to(states.device), states], dim=1)
-        h, cap = stack.run(joint, layer, n_layers, joint_pos, joint_valid, self.cache, None, capture)
+        h, cap = stack.run(joint, layer, n_layers, joint_pos, joint_valid, self.cache, None, capture, self.grad)
         captured = {k: v[:, 1:] for k, v in cap.items()}
         next_pos = [1 + p.prefix_len for p in self.prompts]
 
@@ -237,7 +238,7 @@ class Prefill:
             self.tails = last_prefix
             return self._last_logits(h, joint_valid), next_pos, captured
         spos = _positions(next_pos, suffix_valid)
-        hs, _ = stack.run(stack.embed(suffix_ids), 0, n_layers, spos, suffix_valid, self.cache)
+        hs, _ = stack.run(stack.embed(suffix_ids), 0, n_layers, spos, suffix_valid, self.cache, grad=self.grad)
         self.tails = [
             torch.cat([last_prefix[i], hs[i, : len(p.suffix_ids)].to(last_prefix[i].device)])
             for i, p in enumerate(self.prompts)

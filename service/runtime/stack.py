@@ -16,6 +16,8 @@ Works for Llama-style decoders exposing ``model.model.{embed_tokens, layers, nor
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,14 +133,14 @@ class LayerStack:
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) -> hidden_states[0] (B, T, d)."""
-        return self.embed_tokens(ids.to(self.device))
+        with torch.no_grad():
+            return self.embed_tokens(ids.to(self.device))
 
     def _rotary(self, h: torch.Tensor, pos: torch.Tensor, layer_type: str) -> tuple[torch.Tensor, torch.Tensor]:
         if self._rotary_takes_type:
             return self.rotary_emb(h, pos, layer_type)
         return self.rotary_emb(h, pos)
 
-    @torch.no_grad()
     def run(
         self,
         h: torch.Tensor,
@@ -149,13 +151,30 @@ class LayerStack:
         cache: KVCache,
         layer_inputs: dict[int, torch.Tensor] | None = None,
         capture: set[int] | None = None,
+        grad: bool = False,
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Run blocks ``start+1..stop`` on h = hidden_states[start] (B, T, d); returns hidden_states[stop].
 
         ``positions`` (B, T) are absolute positions, ``valid`` (B, T) marks real tokens. ``layer_inputs[k]`` replaces
         the input of block k+1 (module k) for these tokens before it runs: the ``full`` mode's per-layer prefix states.
-        ``capture`` names layers ℓ in [start, stop] whose states to return.
+        ``capture`` names layers ℓ in [start, stop] whose states to return. With ``grad`` the blocks record autograd
+        history, so a loss on the output reaches the input states (a map trained through this model); the model's
+        own weights are the caller's to freeze (``frozen``).
         """
+        with torch.set_grad_enabled(grad):
+            return self._run(h, start, stop, positions, valid, cache, layer_inputs, capture)
+
+    def _run(
+        self,
+        h: torch.Tensor,
+        start: int,
+        stop: int,
+        positions: torch.Tensor,
+        valid: torch.Tensor,
+        cache: KVCache,
+        layer_inputs: dict[int, torch.Tensor] | None,
+        capture: set[int] | None,
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         captured: dict[int, torch.Tensor] = {}
         if capture and start in capture:
             captured[start] = h
@@ -180,11 +199,25 @@ class LayerStack:
                 captured[k + 1] = h
         return h, captured
 
-    @torch.no_grad()
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
+    def logits(self, h: torch.Tensor, grad: bool = False) -> torch.Tensor:
         """hidden_states[N] (..., d) -> next-token logits (..., vocab) in float32."""
-        h = h.to(self.norm.weight.device)
-        out = self.lm_head(self.norm(h).to(self.lm_head.weight.device)).float()
-        if self.softcap:
-            out = torch.tanh(out / self.softcap) * self.softcap
-        return out
+        with torch.set_grad_enabled(grad):
+            h = h.to(self.norm.weight.device)
+            out = self.lm_head(self.norm(h).to(self.lm_head.weight.device)).float()
+            if self.softcap:
+                out = torch.tanh(out / self.softcap) * self.softcap
+            return out
+
+
+@contextmanager
+def frozen(model: torch.nn.Module) -> Iterator[None]:
+    """Run ``model`` with its parameters excluded from autograd (restored afterwards): gradients flow through it to
+    its inputs, never into its weights, which stay bit-identical."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)

@@ -1,0 +1,59 @@
+"""Differentiable maps as ``torch.nn.Module``s, for map kinds that are trained by gradient descent.
+
+``MapModule``: ŷ = x Wᵀ + b + MLP(x̂), where the optional residual MLP reads x̂ = x / rms(x) (hidden states carry a
+few huge outlier dimensions; a parameter-free RMS normalisation keeps the MLP's input at unit scale) and its output
+layer starts at zero, so a fresh module equals its affine part exactly. Its parameters round-trip through a flat
+dict of tensors (the map file's contents).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+MLP_KEYS = ("mlp_in.weight", "mlp_in.bias", "mlp_out.weight", "mlp_out.bias")
+
+
+def mlp_shapes(d_src: int, d_tgt: int, hidden: int) -> dict[str, tuple[int, ...]]:
+    if not hidden:
+        return {}
+    shapes = ((hidden, d_src), (hidden,), (d_tgt, hidden), (d_tgt,))
+    return dict(zip(MLP_KEYS, shapes, strict=True))
+
+
+class MapModule(nn.Module):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, hidden: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().to(torch.float32).clone())  # (d_tgt, d_src)
+        self.bias = nn.Parameter(bias.detach().to(torch.float32).clone())  # (d_tgt,)
+        self.hidden = hidden
+        self.mlp_in: nn.Linear | None = None
+        self.mlp_out: nn.Linear | None = None
+        if hidden:
+            d_tgt, d_src = self.weight.shape
+            generator = torch.Generator().manual_seed(seed)
+            self.mlp_in = nn.Linear(d_src, hidden)
+            self.mlp_out = nn.Linear(hidden, d_tgt)
+            with torch.no_grad():
+                self.mlp_in.weight.normal_(0.0, d_src**-0.5, generator=generator)
+                self.mlp_in.bias.zero_()
+                self.mlp_out.weight.zero_()  # untrained = the affine map
+                self.mlp_out.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., d_src) -> (..., d_tgt)."""
+        y = torch.nn.functional.linear(x, self.weight, self.bias)
+        if self.mlp_in is not None and self.mlp_out is not None:
+            unit = x * torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + 1e-6)
+            y = y + self.mlp_out(torch.nn.functional.gelu(self.mlp_in(unit)))
+        return y
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The parameters as a flat dict of detached CPU float32 tensors (``weight``, ``bias``, ``mlp_*``)."""
+        return {name: p.detach().to("cpu", torch.float32).clone() for name, p in self.named_parameters()}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], hidden: int) -> MapModule:
+        module = cls(tensors["weight"], tensors["bias"], hidden)
+        module.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()})
+        return module

@@ -1,0 +1,286 @@
+"""Train maps through the frozen target model, and score any map by what the target then does (a label-free proxy).
+
+Teacher: the target reading a passage natively, then a probe (``calibrate.probes``); at each probe token its top-k
+next-token log-probabilities and its final hidden state (after the final norm) are kept, computed once per run and
+cached on disk. Student: the same probe read after the passage arrives through the source model and the map (mode
+``embeds`` for a map into layer 0, ``replace`` at the map's target layer otherwise). Loss per probe token:
+
+    KL(teacher ‖ student) over the teacher's top-k tokens plus one bin for the rest of the vocabulary
+    + hidden_weight · ‖norm(h_student) − norm(h_teacher)‖² / mean ‖norm(h_teacher)‖²
+    + anchor · ‖W − W₀‖² / ‖W₀‖²  (keeps the affine part near its least-squares start)
+
+Student logits are computed only at probe positions (a 262k-token head dominates otherwise). The target's weights
+are frozen (``frozen``) and never change. Adam, seeded shuffles, held-out KL every ``eval_every`` steps, early
+stopping with the best held-out state kept, a wall-clock budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from aligners import Aligner, Distill
+from aligners.modules import MapModule
+from calibrate.probes import Probe
+from service.runtime.encode import Encoded
+from service.runtime.generate import Prefill, Prompt
+from service.runtime.loading import LoadedModel
+from service.runtime.stack import frozen
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 2e-4
+    batch_size: int = 4
+    max_epochs: float = 3.0
+    max_minutes: float = 40.0
+    eval_every: int = 50
+    patience: int = 4
+    hidden_weight: float = 0.1
+    anchor: float = 0.0
+    top_k: int = 64
+    heldout_probes: int = 48
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.batch_size < 1 or self.max_epochs <= 0 or self.max_minutes <= 0:
+            raise ValueError("lr, max_epochs and max_minutes must be > 0 and batch_size >= 1")
+        if self.eval_every < 1 or self.patience < 1 or self.top_k < 1 or self.heldout_probes < 1:
+            raise ValueError("eval_every, patience, top_k and heldout_probes must be >= 1")
+
+
+@dataclass
+class Teacher:
+    """Per probe: top-k log-probs (n, k), their token ids (n, k), final normed hidden states (n, d)."""
+
+    logprobs: list[torch.Tensor]
+    ids: list[torch.Tensor]
+    hidden: list[torch.Tensor]
+
+
+def mode_for(layer: int) -> str:
+    """The handover mode a map into ``layer`` is trained and scored in."""
+    return "embeds" if layer == 0 else "replace"
+
+
+def _teacher_key(target: LoadedModel, texts: list[str], probes: list[Probe], top_k: int) -> str:
+    payload = json.dumps([texts, [(p.passage, p.cut, p.ids) for p in probes], top_k])
+    return f"{target.fingerprint}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
+
+
+@torch.no_grad()
+def compute_teacher(
+    target: LoadedModel,
+    texts: list[str],
+    probes: list[Probe],
+    top_k: int,
+    cache: Path | None = None,
+    batch_size: int = 8,
+) -> Teacher:
+    """The target's own behaviour on every probe after reading its passage natively (cached under ``cache``)."""
+    path = None if cache is None else cache / "teacher" / f"{_teacher_key(target, texts, probes, top_k)}.safetensors"
+    if path is not None and path.exists():
+        t = load_file(str(path))
+        splits = t["lengths"].tolist()
+        return Teacher(
+            list(t["logprobs"].split(splits)), list(t["ids"].split(splits)), list(t["hidden"].float().split(splits))
+        )
+    lps, ids, hidden = [], [], []
+    for start in tqdm(range(0, len(probes), batch_size), desc=f"teacher {target.name}", unit="batch", leave=False):
+        chunk = probes[start : start + batch_size]
+        prompts = [Prompt("native", p.ids, prefix_ids=target.tokenize(texts[p.passage][: p.cut])[0]) for p in chunk]
+        prefill = Prefill(target, prompts)
+        prefill.run()
+        for tail in prefill.tails:
+            h = tail[:-1]  # position t predicts probe token t
+            top = torch.log_softmax(target.stack.logits(h), dim=-1).topk(top_k, dim=-1)
+            lps.append(top.values.cpu())
+            ids.append(top.indices.cpu())
+            hidden.append(target.stack.norm(h).float().cpu())
+    teacher = Teacher(lps, ids, hidden)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file(
+            {
+                "logprobs": torch.cat(lps),
+                "ids": torch.cat(ids),
+                "hidden": torch.cat(hidden).to(torch.float16),
+                "lengths": torch.tensor([len(x) for x in lps]),
+            },
+            str(tmp),
+        )
+        tmp.replace(path)
+    return teacher
+
+
+def topk_kl(t_logprobs: torch.Tensor, t_ids: torch.Tensor, s_logprobs: torch.Tensor) -> torch.Tensor:
+    """KL(teacher ‖ student) per position over the teacher's top-k tokens plus one bin for all others: (n,)."""
+    p = t_logprobs.exp()
+    s_top = s_logprobs.gather(-1, t_ids)
+    p_rest = (1 - p.sum(-1)).clamp_min(0)
+    s_rest = torch.log1p(-s_top.exp().sum(-1).clamp(max=1 - 1e-6))
+    rest = torch.where(p_rest > 0, p_rest * (torch.log(p_rest.clamp_min(1e-12)) - s_rest), torch.zeros_like(p_rest))
+    return (p * (t_logprobs - s_top)).sum(-1) + rest
+
+
+def source_states(encoded: Encoded, layer: int, cut: int) -> torch.Tensor:
+    """The source's states at ``layer`` of the tokens inside the first ``cut`` characters (n, d) float32."""
+    n = sum(1 for _, end in encoded.offsets if end <= cut)
+    return encoded.states[layer][:n].float()
+
+
+@dataclass
+class Through:
+    """Everything needed to train or score maps of one direction through the target."""
+
+    target: LoadedModel
+    texts: list[str]
+    probes: list[Probe]
+    teacher: Teacher
+    train_idx: list[int]  # probe indices
+    held_idx: list[int]
+    config: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def build(
+        cls,
+        target: LoadedModel,
+        texts: list[str],
+        probes: list[Probe],
+        held_passages: set[int],
+        config: TrainConfig,
+        cache: Path | None,
+    ) -> Through:
+        if not probes:
+            raise ValueError("no probes to train or score maps with (passages too short, or no probe kinds apply)")
+        teacher = compute_teacher(target, texts, probes, config.top_k, cache)
+        train = [i for i, p in enumerate(probes) if p.passage not in held_passages]
+        held = [i for i, p in enumerate(probes) if p.passage in held_passages]
+        if not train or not held:
+            raise ValueError(
+                f"need probes on both sides of the passage split, got {len(train)} for training and {len(held)} "
+                "held out: use more passages"
+            )
+        random.Random(config.seed).shuffle(held)
+        return cls(target, texts, probes, teacher, train, held[: config.heldout_probes], config)
+
+    def loss(
+        self, map_fn: Any, encoded: list[Encoded], ls: int, lt: int, idx: list[int], grad: bool
+    ) -> tuple[torch.Tensor, float]:
+        """(total loss, mean KL) of the probes ``idx`` with the map ``map_fn`` from source layer ``ls`` into ``lt``."""
+        target, stack = self.target, self.target.stack
+        prompts, used = [], []
+        with torch.set_grad_enabled(grad):
+            for i in idx:
+                p = self.probes[i]
+                states = source_states(encoded[p.passage], ls, p.cut)
+                if states.shape[0] == 0:
+                    continue
+                mapped = map_fn(states.to(stack.device)).to(stack.dtype)
+                prompts.append(Prompt(mode_for(lt), p.ids, layer=lt, states=mapped))  # type: ignore[arg-type]
+                used.append(i)
+            if not prompts:
+                return torch.zeros((), requires_grad=grad), 0.0
+            prefill = Prefill(target, prompts, grad=grad)
+            prefill.run()
+            kls, hids = [], []
+            for tail, i in zip(prefill.tails, used, strict=True):
+                h = tail[:-1]
+                s_logprobs = torch.log_softmax(stack.logits(h, grad=grad), dim=-1)
+                t_lp, t_ids = self.teacher.logprobs[i].to(h.device), self.teacher.ids[i].to(h.device)
+                kls.append(topk_kl(t_lp, t_ids, s_logprobs))
+                t_h = self.teacher.hidden[i].to(h.device)
+                hids.append((stack.norm(h).float() - t_h).square().sum(-1) / t_h.square().sum(-1).mean())
+            kl = torch.cat(kls).mean()
+            total = kl + self.config.hidden_weight * torch.cat(hids).mean()
+        return total, float(kl.detach())
+
+    @torch.no_grad()
+    def score(self, aligner: Aligner, encoded: list[Encoded], ls: int, lt: int) -> float:
+        """Mean held-out KL of the target reading the probes after this map's handover (lower is better)."""
+        with frozen(self.target.model):
+            return self._held_kl(aligner.transform, encoded, ls, lt)
+
+    def _held_kl(self, map_fn: Any, encoded: list[Encoded], ls: int, lt: int) -> float:
+        step = max(1, self.config.batch_size * 2)
+        kls = [
+            (
+                self.loss(map_fn, encoded, ls, lt, self.held_idx[s : s + step], grad=False)[1],
+                len(self.held_idx[s : s + step]),
+            )
+            for s in range(0, len(self.held_idx), step)
+        ]
+        return sum(k * n for k, n in kls) / max(1, sum(n for _, n in kls))
+
+    def train(self, aligner: Distill, encoded: list[Encoded], ls: int, lt: int, label: str = "") -> dict[str, Any]:
+        """Train ``aligner`` (already fitted: its least-squares init) through the target; installs the best held-out
+        state and returns the learning curve and timings."""
+        cfg = self.config
+        module: MapModule = aligner.module().to(self.target.stack.device)
+        w0 = module.weight.detach().clone()
+        w0_norm = float(w0.square().sum())
+        optimizer = torch.optim.Adam(module.parameters(), lr=cfg.lr)
+        rng = random.Random(cfg.seed)
+        max_steps = max(1, math.ceil(cfg.max_epochs * len(self.train_idx) / cfg.batch_size))
+        curve: list[dict[str, float]] = []
+        started = time.perf_counter()
+        with frozen(self.target.model):
+            best = self._held_kl(module, encoded, ls, lt)
+            curve.append({"step": 0, "heldout_kl": best, "train_kl": float("nan"), "seconds": 0.0})
+            best_state = module.tensors()
+            stale, step, order = 0, 0, []
+            bar = tqdm(total=max_steps, desc=f"distill {label}".strip(), unit="step", leave=False)
+            running: list[float] = []
+            while step < max_steps:
+                if not order:
+                    order = list(self.train_idx)
+                    rng.shuffle(order)
+                batch, order = order[: cfg.batch_size], order[cfg.batch_size :]
+                loss, kl = self.loss(module, encoded, ls, lt, batch, grad=True)
+                if cfg.anchor:
+                    loss = loss + cfg.anchor * (module.weight - w0).square().sum() / w0_norm
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                running.append(kl)
+                bar.update(1)
+                out_of_time = time.perf_counter() - started > cfg.max_minutes * 60
+                if step % cfg.eval_every == 0 or step == max_steps or out_of_time:
+                    held = self._held_kl(module, encoded, ls, lt)
+                    train_kl = sum(running) / len(running)
+                    running = []
+                    curve.append(
+                        {
+                            "step": step,
+                            "heldout_kl": held,
+                            "train_kl": train_kl,
+                            "seconds": time.perf_counter() - started,
+                        }
+                    )
+                    bar.set_postfix_str(f"train KL {train_kl:.3f} held-out KL {held:.3f} (best {min(best, held):.3f})")
+                    if held < best:
+                        best, best_state, stale = held, module.tensors(), 0
+                    else:
+                        stale += 1
+                    if stale >= cfg.patience or out_of_time:
+                        break
+            bar.close()
+        seconds = time.perf_counter() - started
+        best_step = min(curve, key=lambda c: c["heldout_kl"])["step"]
+        aligner.set_module(
+            MapModule.from_tensors(best_state, aligner.hidden),
+            {"train_steps": float(step), "best_step": float(best_step), "heldout_kl": best, "train_seconds": seconds},
+        )
+        return {"curve": curve, "steps": step, "best_step": best_step, "heldout_kl": best, "seconds": seconds}

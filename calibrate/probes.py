@@ -1,0 +1,89 @@
+"""Probes: what the target reads natively after a handed-over passage, for training and ranking maps without labels.
+
+For each calibration passage, the target reads one of:
+- ``continuation``: the passage is cut at a sentence end near its middle; the first part is handed over and the
+  target reads the rest (any plain text works);
+- ``repeat``: the whole passage is handed over, then "Repeat the text above." and the passage itself;
+- ``qa``: for items with a question, the whole passage is handed over, then the QA prompt and the target's *own*
+  native answer (greedy, from reading the passage itself), so no gold label is needed.
+The teacher is the target reading the handed-over part natively; the probe's tokens are where its next-token
+distributions are compared.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from calibrate.data import Item
+from service.runtime.generate import Prompt, SamplingParams, generate
+from service.runtime.loading import LoadedModel
+
+PROBE_KINDS = ("continuation", "repeat", "qa")
+REPEAT_PROMPT = "\n\nRepeat the text above.\n"
+
+
+def qa_suffix(question: str) -> str:
+    return f"\nQuestion: {question}\nAnswer:"
+
+
+@dataclass
+class Probe:
+    """Passage ``passage`` is handed over up to character ``cut``; the target then reads ``ids`` (its own tokens)."""
+
+    passage: int
+    cut: int
+    kind: str
+    text: str
+    ids: list[int]
+
+
+def sentence_cut(text: str) -> int | None:
+    """The sentence end nearest the middle of ``text`` that leaves text on both sides, or None."""
+    ends = [m.end() for m in re.finditer(r"[.!?:;](?=\s)", text) if 0 < m.end() < len(text.rstrip())]
+    if not ends:
+        return None
+    return min(ends, key=lambda e: abs(e - len(text) / 2))
+
+
+def native_answers(target: LoadedModel, items: list[Item], max_new_tokens: int = 10, batch_size: int = 16) -> list[str]:
+    """The target's own greedy answer to each item's question, reading the passage natively (first line)."""
+    out: list[str] = []
+    params = SamplingParams(max_new_tokens=max_new_tokens, stop=["\n"])
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        prompts = [
+            Prompt("native", target.tokenize(qa_suffix(it.question))[0], prefix_ids=target.tokenize(it.context)[0])
+            for it in chunk
+        ]
+        out.extend(c.text.split("\n")[0] for c in generate(target, prompts, params))
+    return out
+
+
+def make_probes(
+    target: LoadedModel, items: list[Item], kinds: list[str], max_tokens: int = 32, batch_size: int = 16
+) -> list[Probe]:
+    """Every probe of ``kinds`` for every passage that allows it (probe tokens cut to ``max_tokens``)."""
+    unknown = sorted(set(kinds) - set(PROBE_KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"probe kinds must be a non-empty subset of {list(PROBE_KINDS)}, got {kinds}")
+    if max_tokens < 1:
+        raise ValueError(f"max probe tokens must be >= 1, got {max_tokens}")
+    qa_items = [i for i, it in enumerate(items) if it.has_qa] if "qa" in kinds else []
+    native = native_answers(target, [items[i] for i in qa_items], batch_size=batch_size)
+    answers = dict(zip(qa_items, native, strict=True))
+    probes: list[Probe] = []
+    for i, it in enumerate(items):
+        texts: list[tuple[int, str, str]] = []
+        cut = sentence_cut(it.context)
+        if "continuation" in kinds and cut is not None:
+            texts.append((cut, "continuation", it.context[cut:]))
+        if "repeat" in kinds:
+            texts.append((len(it.context), "repeat", REPEAT_PROMPT + it.context))
+        if i in answers:
+            texts.append((len(it.context), "qa", qa_suffix(it.question) + " " + answers[i].strip()))
+        for cut_at, kind, text in texts:
+            ids = target.tokenize(text)[0][:max_tokens]
+            if ids and cut_at > 0:
+                probes.append(Probe(i, cut_at, kind, text, ids))
+    return probes

@@ -1,0 +1,202 @@
+"""Maps trained through the target model (``distill``): init, training, frozen target, determinism, a planted oracle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from aligners import Distill, build, load
+from aligners.modules import MapModule
+from calibrate.cli import main
+from calibrate.data import Item
+from calibrate.distill import Through, TrainConfig, topk_kl
+from calibrate.probes import make_probes, sentence_cut
+from service.runtime.encode import Encoded, encode
+from service.runtime.loading import LoadedModel, fingerprint, start_token
+from tests.tiny import corpus, make_model, make_tokenizer, rotated_copy
+
+
+def _pairs(n: int = 300, d_src: int = 24, d_tgt: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d_src, generator=g)
+    y = x @ torch.randn(d_src, d_tgt, generator=g) + 0.1 * torch.randn(n, d_tgt, generator=g) + 2.0
+    return x, y
+
+
+@pytest.mark.parametrize(("init", "reference"), [("linear", "linear"), ("affine", "affine")])
+@pytest.mark.parametrize("hidden", [0, 16])
+def test_untrained_map_equals_its_least_squares_init(init: str, reference: str, hidden: int) -> None:
+    x, y = _pairs()
+    ours = build("distill", init=init, hidden=hidden, lam=0.1).fit(x, y)
+    ref = build(reference, lam=0.1).fit(x, y)
+    x_new = torch.randn(7, x.shape[1])
+    torch.testing.assert_close(ours.transform(x_new), ref.transform(x_new), rtol=1e-5, atol=1e-5)
+
+
+def test_trained_map_with_mlp_round_trips_through_its_file(tmp_path: Path) -> None:
+    x, y = _pairs()
+    aligner = build("distill", hidden=16, lam=0.1).fit(x, y)
+    assert isinstance(aligner, Distill)
+    module = aligner.module()
+    assert module.mlp_out is not None
+    with torch.no_grad():
+        module.mlp_out.weight.normal_()  # a trained residual: the map is no longer affine
+    aligner.set_module(module, {"train_steps": 5.0})
+    path = tmp_path / "m.safetensors"
+    aligner.save(str(path), {"source": "a"})
+    loaded, meta = load(path)
+    assert isinstance(loaded, Distill) and loaded.hidden == 16 and meta["source"] == "a"
+    assert loaded.fit_info["train_steps"] == 5.0
+    torch.testing.assert_close(loaded.transform(x[:5]), aligner.transform(x[:5]))
+    assert not torch.allclose(aligner.transform(x[:5]), build("linear", lam=0.1).fit(x, y).transform(x[:5]))
+
+
+def test_bad_parameters_are_refused() -> None:
+    with pytest.raises(ValueError, match="init"):
+        build("distill", init="procrustes")
+    with pytest.raises(ValueError, match="hidden"):
+        build("distill", hidden=-1)
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
+
+
+def test_topk_kl_is_zero_for_equal_distributions_and_positive_otherwise() -> None:
+    logits = torch.randn(3, 50)
+    lp = torch.log_softmax(logits, dim=-1)
+    top = lp.topk(8, dim=-1)
+    assert float(topk_kl(top.values, top.indices, lp).abs().max()) < 1e-5
+    other = torch.log_softmax(logits + torch.randn(3, 50), dim=-1)
+    assert float(topk_kl(top.values, top.indices, other).min()) > 0
+
+
+# --- training through a tiny target ---------------------------------------------------------------------------------
+
+
+def _items(n: int = 40) -> list[Item]:
+    texts = [" ".join(corpus(3, seed=i)) for i in range(n)]
+    return [Item(str(i), t) for i, t in enumerate(texts)]
+
+
+def _through(target: LoadedModel, items: list[Item], **config: float) -> Through:
+    probes = make_probes(target, items, ["continuation", "repeat"], max_tokens=12)
+    held = set(range(len(items) - 8, len(items)))
+    cfg = TrainConfig(**{"lr": 3e-3, "batch_size": 4, "eval_every": 10, "heldout_probes": 12, **config})  # type: ignore[arg-type]
+    return Through.build(target, [it.context for it in items], probes, held, cfg, None)
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tiny: dict[str, LoadedModel]) -> tuple[LoadedModel, LoadedModel, list[Encoded], Through, Distill]:
+    source, target = tiny["llama"], tiny["gemma3"]
+    items = _items()
+    encoded = encode(source, [it.context for it in items], [2])
+    through = _through(target, items, max_epochs=1.0)
+    x = torch.cat([e.states[2] for e in encoded])
+    y = torch.cat([e.states[0] for e in encode(target, [it.context for it in items], [0])])
+    # Unpaired rows of equal count stand in for paired states: the init only has to be some least-squares map.
+    n = min(len(x), len(y))
+    init = build("distill", lam=1.0).fit(x[:n], y[:n])
+    assert isinstance(init, Distill)
+    return source, target, encoded, through, init
+
+
+def test_one_training_step_lowers_the_loss(tiny_setup: tuple) -> None:
+    _, _, encoded, through, init = tiny_setup
+    module = init.module()
+    batch = through.train_idx[:4]
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+    before, _ = through.loss(module, encoded, 2, 0, batch, grad=True)
+    optimizer.zero_grad()
+    before.backward()
+    optimizer.step()
+    after, _ = through.loss(module, encoded, 2, 0, batch, grad=False)
+    assert float(after) < float(before.detach())
+
+
+def test_training_leaves_the_target_bit_identical_and_is_seeded(tiny_setup: tuple) -> None:
+    _, target, encoded, through, init = tiny_setup
+    weights = {k: v.clone() for k, v in target.model.state_dict().items()}
+    flags = {k: p.requires_grad for k, p in target.model.named_parameters()}
+    runs = []
+    for _ in range(2):
+        aligner = Distill(lam=1.0)
+        aligner.set_state(dict(init.tensors or {}), init.d_src, init.d_tgt)
+        report = through.train(aligner, encoded, 2, 1)
+        runs.append((aligner.tensors, report))
+    for k, v in target.model.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    assert {k: p.requires_grad for k, p in target.model.named_parameters()} == flags
+    (t1, r1), (t2, r2) = runs
+    assert r1["steps"] == r2["steps"] > 0
+    assert all(torch.equal(t1[k], t2[k]) for k in t1)  # type: ignore[index]
+    assert r1["heldout_kl"] <= r1["curve"][0]["heldout_kl"]  # the best held-out state is kept, never a worse one
+    assert target.fingerprint == fingerprint(target.model)
+
+
+def test_planted_rotation_is_recovered_from_a_distorted_start() -> None:
+    """B is A with its hidden space rotated by Q (same tokens, identical logits), so mapping A's states by Q hands
+    over perfectly (KL 0). Started from a distorted Q, training through B must recover most of native behaviour."""
+    tok = make_tokenizer(400)
+    a = make_model("llama", len(tok), layers=4)
+    q, _ = torch.linalg.qr(torch.randn(128, 128, generator=torch.Generator().manual_seed(5)))
+    b = rotated_copy(a, q)
+    source = LoadedModel("a", "a", a, tok, fingerprint(a), start_token(tok))
+    target = LoadedModel("b", "b", b, tok, fingerprint(b), start_token(tok))
+    items = _items(60)
+    encoded = encode(source, [it.context for it in items], [0])
+    through = _through(target, items, max_epochs=5.0, patience=3)
+    exact = Distill(lam=0.0)
+    exact.set_state({"weight": q.T.contiguous(), "bias": torch.zeros(128)}, 128, 128)
+    assert through.score(exact, encoded, 0, 0) < 1e-5  # the oracle: a perfect map loses nothing
+    noise = torch.randn(128, 128, generator=torch.Generator().manual_seed(6)) * 0.3 / 128**0.5
+    distorted = Distill(lam=0.0)
+    distorted.set_state({"weight": (q.T + noise).contiguous(), "bias": torch.zeros(128)}, 128, 128)
+    start = through.score(distorted, encoded, 0, 0)
+    through.train(distorted, encoded, 0, 0)
+    end = through.score(distorted, encoded, 0, 0)
+    assert start > 0.03
+    assert end < start / 3, (start, end)
+
+
+def test_no_probes_and_untrainable_requests_get_clear_errors(tiny: dict[str, LoadedModel]) -> None:
+    target = tiny["gemma3"]
+    with pytest.raises(ValueError, match="probe kinds"):
+        make_probes(target, _items(4), [])
+    one_sentence = [Item(str(i), "no sentence end here") for i in range(4)]
+    probes = make_probes(target, one_sentence, ["continuation"])
+    assert probes == [] and sentence_cut("no sentence end here") is None
+    with pytest.raises(ValueError, match="no probes"):
+        Through.build(target, [it.context for it in one_sentence], probes, {0}, TrainConfig(), None)
+    with pytest.raises(ValueError, match="both sides"):
+        items = _items(4)
+        Through.build(
+            target, [it.context for it in items], make_probes(target, items, ["repeat"]), set(), TrainConfig(), None
+        )
+
+
+def test_map_module_starts_as_its_affine_part() -> None:
+    weight, bias = torch.randn(5, 7), torch.randn(5)
+    module = MapModule(weight, bias, hidden=9)
+    x = torch.randn(3, 7) * 50
+    torch.testing.assert_close(module(x), x @ weight.T + bias)
+
+
+@pytest.mark.slow
+def test_cli_trains_distill_maps_ranks_by_proxy_and_reports_curves(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "maps"
+    args = ["fit", "--source", str(tiny_dirs["llama"]), "--target", str(tiny_dirs["gemma3"]), "--samples", "24"]
+    args += ["--eval-samples", "8", "--layers", "1-2", "--target-layers", "0,1", "--methods", "linear,distill"]
+    args += ["--directions", "forward", "--out", str(out), "--cache", str(tmp_path / "cache"), "--train-epochs", "1"]
+    assert main([*args, "--proxy-probes", "8"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    trained = [e for e in manifest["maps"] if e["method"] == "distill"]
+    assert len(trained) == 2  # the best source layer per target layer (0 and 1)
+    assert all("kl" in e["metrics"] for e in manifest["maps"])
+    assert manifest["defaults"]["llama__gemma3"]["by"] == "kl"
+    assert (out / "learning-curves.png").stat().st_size > 0
+    aligner, meta = load(out / trained[0]["path"])
+    assert aligner.kind == "distill" and meta["train"]["steps"] >= 1 and "init_kl" in meta["metrics"]
+    with pytest.raises(SystemExit):
+        main([*args, "--train-batch", "0"])

@@ -296,6 +296,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="items each map is screened on before the best map per method is evaluated (default 16)",
     )
     ev.add_argument("--target-layers", default=None, help="screen only maps into these target layers")
+    ev.add_argument(
+        "--screen-by",
+        default="auto",
+        choices=["auto", "f1", "kl"],
+        help="choose each method's best map by screening F1 in replace mode, or by the fit's proxy KL (no labels, "
+        "no screening runs); auto = kl when every map has one (default auto)",
+    )
+    ev.add_argument(
+        "--text-data",
+        default=None,
+        help="plain text (any --data form; questions ignored) scored by continuation CBR: the first part handed "
+        "over, the rest scored, e.g. builtin:stdlib-docs",
+    )
+    ev.add_argument("--text-samples", type=int, default=60, help="plain-text passages (default 60)")
+    ev.add_argument("--pairs", default=None, help="only these directions, e.g. smollm2__gemma3 (default all)")
+    ev.add_argument(
+        "--chat",
+        action="store_true",
+        help="ask the question through the target's chat template, where it has one, in every condition alike",
+    )
     ev.add_argument("--max-new-tokens", type=int, default=12)
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--out", default=None, help="report folder (default: the map store)")
@@ -323,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         "probe_tokens",
         "train_top",
         "train_batch",
+        "text_samples",
     ):
         if getattr(args, name, 1) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")

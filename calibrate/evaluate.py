@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,9 +36,26 @@ from service.runtime.generate import Prompt, SamplingParams, generate, suffix_nl
 from service.runtime.handover import LayerMap, matching_layer, prepare
 from service.runtime.loading import LoadedModel, load_model
 
+_CHAT: dict[int, Any] = {}  # id(tokenizer) -> tokenizer whose chat template wraps the question (``--chat``)
 
-def qa_suffix(item: Item) -> str:
-    return f"\nQuestion: {item.question}\nAnswer:"
+
+def set_chat(target: LoadedModel) -> None:
+    """Ask questions through ``target``'s chat template (where it has one) in every condition alike."""
+    if target.tokenizer.chat_template:
+        _CHAT[id(target.tokenizer)] = target.tokenizer
+
+
+def qa_suffix(item: Item, target: LoadedModel | None = None) -> str:
+    """What the target reads after the passage: the plain QA prompt, or with ``set_chat`` a user turn asking the
+    question and the assistant's turn opening (the passage itself stays before it, read or handed over)."""
+    tokenizer = None if target is None else _CHAT.get(id(target.tokenizer))
+    if tokenizer is None:
+        return f"\nQuestion: {item.question}\nAnswer:"
+    message = f"Question: {item.question}\nAnswer with a few words from the text above."
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
+    )
+    return "\n" + str(chat)
 
 
 def split_continuation(context: str) -> tuple[str, str]:
@@ -64,7 +82,7 @@ def batched(
     em, f1, nll = [], [], []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        outs = generate(target, [builder(it.context, qa_suffix(it)) for it in chunk], params)
+        outs = generate(target, [builder(it.context, qa_suffix(it, target)) for it in chunk], params)
         for it, out in zip(chunk, outs, strict=True):
             answer = first_line(out.text)
             em.append(exact_match(answer, it.answers))
@@ -77,6 +95,23 @@ def batched(
     if with_nll:
         scores["nll"] = sum(nll) / n
     return scores
+
+
+def text_nll(target: LoadedModel, builder: PromptBuilder, texts: list[str], batch_size: int) -> float:
+    """Mean continuation NLL over plain texts: the first part handed over (by ``builder``), the rest scored."""
+    nll: list[float] = []
+    for start in range(0, len(texts), batch_size):
+        nll.extend(suffix_nll(target, [builder(*split_continuation(t)) for t in texts[start : start + batch_size]]))
+    return sum(nll) / max(1, len(nll))
+
+
+def none_builder(target: LoadedModel) -> PromptBuilder:
+    """No context at all: the target reads only the scored continuation."""
+
+    def build(text: str, suffix: str) -> Prompt:
+        return Prompt("native", target.tokenize(suffix)[0], prefix_ids=[])
+
+    return build
 
 
 def native_builder(target: LoadedModel) -> PromptBuilder:
@@ -135,9 +170,20 @@ def _maps_for(
         return None if k is None else store.load(k, source.fingerprint, target.fingerprint)[0]
 
     if mode == "embeds":
-        # The key's source layer into layer 0; without such a map, the per-layer map into layer 0 (`--full`).
-        has_own = stored(key.source_layer, 0) is not None
-        layers = [(key.source_layer if has_own else matching_layer(0, target.n_layers, source.n_layers), 0)]
+        # The key's source layer into layer 0; else the best-scored map of this method into layer 0 (as the server
+        # chooses); else the per-layer map into layer 0 (`--full`).
+        into_zero = [
+            e
+            for e in store.entries(key.source, key.target)
+            if e["method"] == key.method and e["target_layer"] == 0 and not e.get("helper")
+        ]
+        if stored(key.source_layer, 0) is not None:
+            ls0 = key.source_layer
+        elif into_zero:
+            ls0 = min(into_zero, key=lambda e: e["metrics"].get("kl", -e["metrics"].get("r2", 0.0)))["source_layer"]
+        else:
+            ls0 = matching_layer(0, target.n_layers, source.n_layers)
+        layers = [(ls0, 0)]
     elif mode == "full":
         layers = [(matching_layer(k, target.n_layers, source.n_layers), k) for k in range(key.target_layer)]
         layers.append((key.source_layer, key.target_layer))
@@ -162,11 +208,19 @@ def evaluate_direction(
     batch_size: int,
     screen_items: int = 16,
     target_layers: list[int] | None = None,
+    texts: list[str] | None = None,
+    screen_by: str = "f1",
 ) -> dict[str, Any]:
+    """QA on ``items`` and, with ``texts``, the continuation CBR on plain text, for the best map of each method.
+
+    ``screen_by="f1"`` screens every map in ``replace`` on ``screen_items`` items; ``"kl"`` takes the fit's held-out
+    proxy KL instead (no screening runs, no labels needed).
+    """
+    texts = texts or []
     entries = [
         e
         for e in store.entries(source.name, target.name)
-        if target_layers is None or e["target_layer"] in target_layers
+        if (target_layers is None or e["target_layer"] in target_layers) and not e.get("helper")
     ]
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -179,7 +233,18 @@ def evaluate_direction(
         for it in items
     ]
     baselines["none"] = {"nll": sum(nll_none) / max(1, len(nll_none))}
+    if texts:
+        baselines["text"] = {
+            "native": text_nll(target, native_builder(target), texts, batch_size),
+            "none": text_nll(target, none_builder(target), texts, batch_size),
+            "n": float(len(texts)),
+        }
     timings["baselines"] = time.perf_counter() - t0
+
+    def text_cbr(nll: float) -> float:
+        t = baselines["text"]
+        gap = t["none"] - t["native"]
+        return (t["none"] - nll) / gap if gap else float("nan")
 
     def cbr(nll: float) -> float:
         gap = baselines["none"]["nll"] - baselines["native"]["nll"]
@@ -187,7 +252,7 @@ def evaluate_direction(
 
     t0 = time.perf_counter()
     screen: list[dict[str, Any]] = []
-    for e in tqdm(entries, desc=f"screen {source.name}->{target.name}", unit="map"):
+    for e in tqdm(entries if screen_by == "f1" else [], desc=f"screen {source.name}->{target.name}", unit="map"):
         key = MapKey(e["source"], e["target"], e["source_layer"], e["target_layer"], e["method"])
         maps = _maps_for(store, source, target, key, "replace")
         assert maps is not None  # the entry itself exists
@@ -195,11 +260,26 @@ def evaluate_direction(
             target, translated_builder(source, target, "replace", maps), items[:screen_items], params, batch_size
         )
         screen.append({**key.as_dict(), "f1": scores["f1"], "nll": scores["nll"]})
+    if screen_by == "kl":
+        screen = [
+            {
+                **{k: e[k] for k in ("source", "target", "source_layer", "target_layer", "method")},
+                "kl": e["metrics"]["kl"],
+            }
+            for e in entries
+            if "kl" in e["metrics"]
+        ]
     timings["screen"] = time.perf_counter() - t0
 
     best: dict[str, dict[str, Any]] = {}
     for row in screen:
-        if row["method"] not in best or row["f1"] > best[row["method"]]["f1"]:
+        # Higher F1 wins; lower KL wins.
+        better = (
+            (row["f1"] > best[row["method"]]["f1"] if screen_by == "f1" else row["kl"] < best[row["method"]]["kl"])
+            if row["method"] in best
+            else True
+        )
+        if better:
             best[row["method"]] = row
 
     t0 = time.perf_counter()
@@ -217,6 +297,9 @@ def evaluate_direction(
             with_nll = mode != "last_token"
             builder = translated_builder(source, target, mode, maps)
             scores = batched(target, builder, items, params, batch_size, with_nll)
+            if texts and with_nll:
+                scores["text_nll"] = text_nll(target, builder, texts, batch_size)
+                scores["text_cbr"] = text_cbr(scores["text_nll"])
             if (mode, layer) not in identity:
                 identity[(mode, layer)] = batched(
                     target, identity_builder(target, mode, layer), items, params, batch_size, with_nll
@@ -252,14 +335,20 @@ def evaluate_direction(
 
 def eval_markdown(result: dict[str, Any]) -> str:
     b = result["baselines"]
+    text = b.get("text")
     lines = [
-        f"### {result['source']} -> {result['target']} ({result['n_items']} held-out items)",
+        f"### {result['source']} -> {result['target']} ({result['n_items']} held-out items"
+        + (f", {int(text['n'])} plain-text passages" if text else "")
+        + (", question through the target's chat template" if result.get("chat") else "")
+        + ")",
         "",
         f"Native F1 {b['native']['f1']:.1f} (EM {b['native']['em']:.1f}); question alone F1 {b['alone']['f1']:.1f}; "
-        f"continuation NLL native {b['native']['nll']:.3f}, no context {b['none']['nll']:.3f}.",
+        f"continuation NLL native {b['native']['nll']:.3f}, no context {b['none']['nll']:.3f}."
+        + (f" Plain text: NLL native {text['native']:.3f}, no context {text['none']:.3f}." if text else ""),
         "",
-        "| method | layers | mode | EM | F1 | % of native | F1 alone | identity control F1 | NLL | CBR |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | layers | mode | EM | F1 | % of native | F1 alone | identity control F1 | NLL | CBR |"
+        + (" text CBR |" if text else ""),
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if text else ""),
     ]
     for r in result["translated"]:
         layers = r.get("layers") or f"L{r['source_layer']}->L{0 if r['mode'] == 'embeds' else r['target_layer']}"
@@ -269,9 +358,10 @@ def eval_markdown(result: dict[str, Any]) -> str:
         pct = "n/a" if r["pct_native"] != r["pct_native"] else f"{r['pct_native']:.0f}%"
         nll = "n/a" if r.get("nll") is None else f"{r['nll']:.3f}"
         cbr = "n/a" if r.get("cbr") is None else f"{r['cbr']:.2f}"
+        tcbr = "n/a" if r.get("text_cbr") is None else f"{r['text_cbr']:.2f}"
         lines.append(
             f"| {r['method']} | {layers} | {r['mode']} | {r['em']:.1f} | {r['f1']:.1f} | {pct} | "
-            f"{b['alone']['f1']:.1f} | {r['identity_f1']:.1f} | {nll} | {cbr} |"
+            f"{b['alone']['f1']:.1f} | {r['identity_f1']:.1f} | {nll} | {cbr} |" + (f" {tcbr} |" if text else "")
         )
     return "\n".join(lines) + "\n"
 
@@ -288,6 +378,9 @@ def run_eval(args: argparse.Namespace) -> int:
     else:
         held = [it for it in read_items(args.data, seed=args.seed) if it.has_qa]
     items = held[: args.samples]
+    texts = (
+        [it.context for it in read_items(args.text_data, seed=args.seed)][: args.text_samples] if args.text_data else []
+    )
     if not items:
         raise ValueError("no held-out QA items to evaluate on")
     models = {
@@ -300,8 +393,21 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown mode(s) {bad}; choose from replace, full, last_token, embeds")
     params = SamplingParams(max_new_tokens=args.max_new_tokens)
     out = Path(args.out or args.maps)
+    pairs = sorted({(e["source"], e["target"]) for e in manifest["maps"]})
+    if args.pairs:
+        wanted = {tuple(p.strip().split("__", 1)) for p in args.pairs.split(",") if p.strip()}
+        unknown = sorted("__".join(p) for p in wanted - set(pairs))
+        if unknown:
+            raise ValueError(f"--pairs names {unknown}, not in the store; pairs: {['__'.join(p) for p in pairs]}")
+        pairs = [p for p in pairs if p in wanted]
+    has_kl = all("kl" in e["metrics"] for e in manifest["maps"])
+    screen_by = ("kl" if has_kl else "f1") if args.screen_by == "auto" else args.screen_by
+    if screen_by == "kl" and not has_kl:
+        raise ValueError("--screen-by kl needs maps scored by the proxy KL (fit with --proxy-probes > 0)")
     results = []
-    for source_name, target_name in sorted({(e["source"], e["target"]) for e in manifest["maps"]}):
+    for source_name, target_name in pairs:
+        if args.chat:
+            set_chat(models[target_name])
         result = evaluate_direction(
             store,
             models[source_name],
@@ -312,19 +418,39 @@ def run_eval(args: argparse.Namespace) -> int:
             args.batch_size,
             args.screen_items,
             parse_layers(args.target_layers) if args.target_layers else None,
+            texts,
+            screen_by,
         )
+        result["chat"] = bool(args.chat and models[target_name].tokenizer.chat_template)
         results.append(result)
         values: dict[tuple[int, str], float] = {}
         for row in result["screen"]:
             cell = (row["source_layer"], row["method"])
-            values[cell] = max(values.get(cell, float("-inf")), row["f1"])
+            score = row["f1"] if screen_by == "f1" else row["kl"]
+            values[cell] = (
+                max(values.get(cell, float("-inf")), score)
+                if screen_by == "f1"
+                else min(values.get(cell, float("inf")), score)
+            )
         heatmap(
             values,
-            f"{source_name} -> {target_name}: replace-mode F1 (best target layer)",
+            f"{source_name} -> {target_name}: "
+            + ("replace-mode F1 (best target layer)" if screen_by == "f1" else "proxy KL (best target layer)"),
             out / f"heatmap-{source_name}__{target_name}.png",
-            "F1",
+            "F1" if screen_by == "f1" else "KL",
         )
-    # Record screening F1 in the manifest and make the best task F1 the default map.
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval-report.json").write_text(json.dumps(results, indent=1, default=float))
+    md = "\n".join(eval_markdown(r) for r in results)
+    (out / "eval-report.md").write_text(md)
+    print(md)
+    if screen_by == "f1":
+        _record_screening(store, results, args.screen_items)
+    return 0
+
+
+def _record_screening(store: MapStore, results: list[dict[str, Any]], screen_items: int) -> None:
+    """Record screening F1 in the manifest and make the best task F1 the default map (ties change nothing)."""
     manifest = store.manifest()
     screened = {
         (r["source"], r["target"], r["source_layer"], r["target_layer"], r["method"]): r["f1"]
@@ -334,12 +460,7 @@ def run_eval(args: argparse.Namespace) -> int:
     for e in manifest["maps"]:
         k = (e["source"], e["target"], e["source_layer"], e["target_layer"], e["method"])
         if k in screened:
-            e["eval"] = {"f1": screened[k], "items": args.screen_items}
+            e["eval"] = {"f1": screened[k], "items": screen_items}
     store.write_manifest(manifest)
-    store.choose_defaults(by="f1")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval-report.json").write_text(json.dumps(results, indent=1, default=float))
-    md = "\n".join(eval_markdown(r) for r in results)
-    (out / "eval-report.md").write_text(md)
-    print(md)
-    return 0
+    for change in store.choose_defaults(by="f1"):
+        print(change, file=sys.stderr)

@@ -17,8 +17,9 @@ import time
 import torch
 
 from aligners import build
+from aligners.store import matching_layer
 from service.runtime.generate import SamplingParams, stream_batch
-from service.runtime.handover import LayerMap, matching_layer, prepare
+from service.runtime.handover import LayerMap, prepare
 from service.runtime.loading import LoadedModel, load_model
 
 CONTEXT = (

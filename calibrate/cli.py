@@ -3,6 +3,7 @@
 interlingua-calibrate fit --source smollm2 --target gemma3 --out maps
 interlingua-calibrate eval --maps maps --modes replace,full,last_token,embeds
 interlingua-calibrate list maps
+interlingua-calibrate export --maps maps --out service/default_maps
 interlingua-calibrate show maps/smollm2__gemma3/L8-L4/affine.safetensors
 """
 
@@ -17,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from aligners import MapFileError, read_header
+from aligners.resolve import choose
+from aligners.store import MapKey, MapNotFoundError, MapStore
 from calibrate.data import DataError, Item, read_items, split_items
 from calibrate.distill import Through, TrainConfig
 from calibrate.fit import METHODS, TRAINED, Side, layer_pairs, split_passages, sweep
 from calibrate.layers import check_range, parse_layers
 from calibrate.probes import PROBE_KINDS, make_probes
-from calibrate.store import MapStore
 from service.runtime.loading import LoadedModel, ModelSpecError, cache_home, load_model
 
 DEFAULT_DATA = "builtin:fictional-qa"
@@ -112,7 +114,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "eval_samples": args.eval_samples,
         "n_passages": len(calib),
         "n_heldout_items": len(held),
-        "models": {m.name: {"spec": m.spec, "fingerprint": m.fingerprint} for m in models.values()},
+        "models": {
+            m.name: {"spec": m.spec, "fingerprint": m.fingerprint, "n_layers": m.n_layers} for m in models.values()
+        },
     }
     store.write_manifest(manifest)
     for change in store.choose_defaults(by="kl" if trains_through else "r2"):
@@ -133,7 +137,7 @@ def _through(target: LoadedModel, calib: list[Item], args: argparse.Namespace, t
     """Probes on the calibration passages and the target's own behaviour on them (see ``calibrate.distill``)."""
     start = time.perf_counter()
     kinds = [k.strip() for k in args.probes.split(",") if k.strip()]
-    probes = make_probes(target, calib, kinds, args.probe_tokens)
+    probes = make_probes(target, calib, kinds, args.probe_tokens, per_passage=args.probes_per_passage, seed=args.seed)
     timings[f"probes {target.name}"] = time.perf_counter() - start
     config = TrainConfig(
         lr=args.lr,
@@ -179,6 +183,34 @@ def cmd_list(args: argparse.Namespace) -> int:
             f"({m.get('mean_baseline_cosine', float('nan')):.3f}) | {m.get('retrieval_at_1', float('nan')):.3f} | "
             f"{'' if f1 is None else f'{f1:.1f}'} | {'yes' if is_default else ''} |"
         )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Copy the maps that would serve each mode (``aligners.resolve.choose``) into a new, small store."""
+    store = MapStore(args.maps)
+    calib = store.manifest().get("calibration")
+    if not store.entries() or calib is None:
+        raise ValueError(f"{args.maps}: no fitted maps with calibration records (run `fit` first)")
+    n_layers = {name: info.get("n_layers") for name, info in calib["models"].items()}
+    if None in n_layers.values():
+        raise ValueError(f"{args.maps}: the calibration record lacks the models' layer counts (refit to export)")
+    keys: set[MapKey] = set()
+    for source, target in sorted({(e["source"], e["target"]) for e in store.entries()}):
+        for mode in ("embeds", "replace", "full", "last_token"):
+            try:
+                main, below = choose(store.entries(), source, target, mode, n_layers[source], n_layers[target])
+            except MapNotFoundError as err:
+                print(f"{source} -> {target} {mode}: nothing to export ({err})", file=sys.stderr)
+                continue
+            print(f"{source} -> {target} {mode}: {main.method} L{main.source_layer}->L{main.target_layer}")
+            keys.update([main, *below])
+    out = MapStore(args.out)
+    out.copy_from(store, sorted(keys, key=lambda k: k.relpath))
+    manifest = out.manifest()
+    manifest["calibration"] = calib
+    out.write_manifest(manifest)
+    print(f"exported {len(keys)} maps to {out.root}")
     return 0
 
 
@@ -255,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--probe-tokens", type=int, default=32, help="tokens per probe (default 32)")
     train.add_argument(
+        "--probes-per-passage",
+        type=int,
+        default=1,
+        help="probes drawn per passage from the kinds that apply (seeded); the teacher costs one target pass per "
+        "probe (default 1)",
+    )
+    train.add_argument(
         "--proxy-probes",
         type=int,
         default=48,
@@ -325,6 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list the maps of a store with their metrics")
     ls.add_argument("dir")
     ls.set_defaults(func=cmd_list)
+    export = sub.add_parser(
+        "export",
+        help="copy the maps each mode would be served with into a small store",
+        description="For every direction and mode (embeds, replace, full, last_token), copy the map the server "
+        "would choose by default (and the per-layer maps full needs) into a new store.",
+    )
+    export.add_argument("--maps", required=True, help="map store folder written by `fit`")
+    export.add_argument("--out", required=True, help="the new store's folder")
+    export.set_defaults(func=cmd_export)
     show = sub.add_parser("show", help="print one map file's metadata")
     show.add_argument("map")
     show.set_defaults(func=cmd_show)
@@ -344,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_top",
         "train_batch",
         "text_samples",
+        "probes_per_passage",
     ):
         if getattr(args, name, 1) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")

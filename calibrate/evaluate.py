@@ -25,15 +25,15 @@ from typing import Any
 
 from tqdm import tqdm
 
-from aligners import Aligner
+from aligners.resolve import choose
+from aligners.store import MapKey, MapNotFoundError, MapStore
 from calibrate.data import Item, read_items, split_items
 from calibrate.layers import parse_layers
 from calibrate.report import heatmap
 from calibrate.scoring import exact_match, f1_score, first_line
-from calibrate.store import MapKey, MapStore
 from service.runtime.encode import encode
 from service.runtime.generate import Prompt, SamplingParams, generate, suffix_nll
-from service.runtime.handover import LayerMap, matching_layer, prepare
+from service.runtime.handover import LayerMap, prepare
 from service.runtime.loading import LoadedModel, load_model
 
 _CHAT: dict[int, Any] = {}  # id(tokenizer) -> tokenizer whose chat template wraps the question (``--chat``)
@@ -159,43 +159,20 @@ def translated_builder(source: LoadedModel, target: LoadedModel, mode: str, maps
 def _maps_for(
     store: MapStore, source: LoadedModel, target: LoadedModel, key: MapKey, mode: str
 ) -> list[LayerMap] | None:
-    """The maps a mode needs for this key, or None when the store lacks them (``full`` needs per-layer maps)."""
-
-    def stored(ls: int, lt: int) -> MapKey | None:
-        k = MapKey(key.source, key.target, ls, lt, key.method)
-        return k if (store.root / k.relpath).exists() else None
-
-    def one(ls: int, lt: int) -> Aligner | None:
-        k = stored(ls, lt)
-        return None if k is None else store.load(k, source.fingerprint, target.fingerprint)[0]
-
-    if mode == "embeds":
-        # The key's source layer into layer 0; else the best-scored map of this method into layer 0 (as the server
-        # chooses); else the per-layer map into layer 0 (`--full`).
-        into_zero = [
-            e
-            for e in store.entries(key.source, key.target)
-            if e["method"] == key.method and e["target_layer"] == 0 and not e.get("helper")
-        ]
-        if stored(key.source_layer, 0) is not None:
-            ls0 = key.source_layer
-        elif into_zero:
-            ls0 = min(into_zero, key=lambda e: e["metrics"].get("kl", -e["metrics"].get("r2", 0.0)))["source_layer"]
-        else:
-            ls0 = matching_layer(0, target.n_layers, source.n_layers)
-        layers = [(ls0, 0)]
-    elif mode == "full":
-        layers = [(matching_layer(k, target.n_layers, source.n_layers), k) for k in range(key.target_layer)]
-        layers.append((key.source_layer, key.target_layer))
-    else:
-        layers = [(key.source_layer, key.target_layer)]
-    maps = []
-    for ls, lt in layers:
-        aligner = one(ls, lt)
-        if aligner is None:
-            return None
-        maps.append(LayerMap(ls, lt, aligner))
-    return maps
+    """The maps a mode needs for this key's method and layers, chosen as the server chooses them (``choose``), or
+    None when the store lacks them (``full`` needs per-layer maps)."""
+    layer = 0 if mode == "embeds" else key.target_layer
+    try:
+        main, below = choose(
+            store.entries(), key.source, key.target, mode, source.n_layers, target.n_layers, layer, key.method,
+            key.source_layer,
+        )  # fmt: skip
+    except MapNotFoundError:
+        return None
+    return [
+        LayerMap(k.source_layer, k.target_layer, store.load(k, source.fingerprint, target.fingerprint)[0])
+        for k in [*below, main]
+    ]
 
 
 def evaluate_direction(

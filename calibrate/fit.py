@@ -16,12 +16,11 @@ import torch
 from tqdm import tqdm
 
 from aligners import Aligner, build, metrics
+from aligners.store import MapKey, MapStore, matching_layer
 from calibrate.distill import Through
-from calibrate.pairing import pair_indices
-from calibrate.store import MapKey, MapStore
 from service.runtime.encode import Encoded
-from service.runtime.handover import matching_layer
 from service.runtime.loading import LoadedModel
+from service.runtime.pairing import pair_indices
 
 # Larger batches and step size than the aligner defaults: a sweep fits dozens of adapters on ~10^5 pairs each.
 _LORA: dict[str, Any] = {"batch_size": 512, "lr": 3e-3, "max_epochs": 40, "patience": 3}

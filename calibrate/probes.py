@@ -12,8 +12,11 @@ distributions are compared.
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import dataclass
+
+from tqdm import tqdm
 
 from calibrate.data import Item
 from service.runtime.generate import Prompt, SamplingParams, generate
@@ -50,7 +53,7 @@ def native_answers(target: LoadedModel, items: list[Item], max_new_tokens: int =
     """The target's own greedy answer to each item's question, reading the passage natively (first line)."""
     out: list[str] = []
     params = SamplingParams(max_new_tokens=max_new_tokens, stop=["\n"])
-    for start in range(0, len(items), batch_size):
+    for start in tqdm(range(0, len(items), batch_size), desc="native answers", unit="batch", leave=False):
         chunk = items[start : start + batch_size]
         prompts = [
             Prompt("native", target.tokenize(qa_suffix(it.question))[0], prefix_ids=target.tokenize(it.context)[0])
@@ -61,24 +64,36 @@ def native_answers(target: LoadedModel, items: list[Item], max_new_tokens: int =
 
 
 def make_probes(
-    target: LoadedModel, items: list[Item], kinds: list[str], max_tokens: int = 32, batch_size: int = 16
+    target: LoadedModel,
+    items: list[Item],
+    kinds: list[str],
+    max_tokens: int = 32,
+    batch_size: int = 16,
+    per_passage: int | None = None,
+    seed: int = 0,
 ) -> list[Probe]:
-    """Every probe of ``kinds`` for every passage that allows it (probe tokens cut to ``max_tokens``)."""
+    """The probes of ``kinds`` for every passage that allows them (probe tokens cut to ``max_tokens``); with
+    ``per_passage``, that many of each passage's probes, drawn with ``seed`` (the teacher's cost is per probe)."""
     unknown = sorted(set(kinds) - set(PROBE_KINDS))
     if unknown or not kinds:
         raise ValueError(f"probe kinds must be a non-empty subset of {list(PROBE_KINDS)}, got {kinds}")
     if max_tokens < 1:
         raise ValueError(f"max probe tokens must be >= 1, got {max_tokens}")
-    qa_items = [i for i, it in enumerate(items) if it.has_qa] if "qa" in kinds else []
+    rng = random.Random(seed)
+    drawn = {i: rng.sample(kinds, len(kinds)) for i in range(len(items))}  # each passage's kinds in a seeded order
+    applicable = {
+        i: [k for k in drawn[i] if k != "qa" or it.has_qa][: per_passage or len(kinds)] for i, it in enumerate(items)
+    }
+    qa_items = [i for i in range(len(items)) if "qa" in applicable[i]]
     native = native_answers(target, [items[i] for i in qa_items], batch_size=batch_size)
     answers = dict(zip(qa_items, native, strict=True))
     probes: list[Probe] = []
     for i, it in enumerate(items):
         texts: list[tuple[int, str, str]] = []
         cut = sentence_cut(it.context)
-        if "continuation" in kinds and cut is not None:
+        if "continuation" in applicable[i] and cut is not None:
             texts.append((cut, "continuation", it.context[cut:]))
-        if "repeat" in kinds:
+        if "repeat" in applicable[i]:
             texts.append((len(it.context), "repeat", REPEAT_PROMPT + it.context))
         if i in answers:
             texts.append((len(it.context), "qa", qa_suffix(it.question) + " " + answers[i].strip()))

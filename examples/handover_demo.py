@@ -11,11 +11,11 @@ import random
 import torch
 
 from aligners import build
-from calibrate.pairing import paired_states
 from service.runtime.encode import encode
 from service.runtime.generate import SamplingParams, generate
 from service.runtime.handover import LayerMap, prepare
 from service.runtime.loading import load_model
+from service.runtime.pairing import paired_states
 
 SOURCE_LAYER, TARGET_LAYER = 8, 4  # smollm2 block 8 -> gemma3 block 4: low target layers work best
 

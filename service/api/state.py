@@ -11,18 +11,22 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aligners import Aligner
-from calibrate.store import MapKey, MapNotFoundError, MapStore
+from aligners.resolve import choose
+from aligners.store import MapKey, MapNotFoundError, MapStore
 from service.api.errors import InvalidRequestError, NotFoundError, NotReadyError
 from service.backends import Backend, make_backend
-from service.runtime.handover import LayerMap, matching_layer
+from service.runtime.handover import LayerMap
 from service.runtime.loading import LoadedModel, load_model
 from service.settings import Settings
 
 log = logging.getLogger("interlingua")
 MAP_CACHE = 64  # maps kept in memory
+# Maps shipped with the package for the real small pair (``make default-maps`` rebuilds them).
+BUNDLED_MAPS = Path(__file__).resolve().parent.parent / "default_maps"
 
 
 @dataclass
@@ -65,7 +69,9 @@ class ServiceState:
                     spec, name=alias, dtype=self.settings.dtype, device=devices.get(alias, "cpu")
                 )
                 self.backends[alias] = make_backend(self.settings.backend_for(alias), self.models[alias], self.settings)
-            if self.settings.prepare_maps and not self.store.entries() and len(self.models) >= 2:
+            fingerprints = {alias: m.fingerprint for alias, m in self.models.items()}
+            missing = self.settings.prepare_maps and len(self.models) >= 2 and not self.store.for_models(fingerprints)
+            if missing and not self._install_bundled(fingerprints):
                 self.detail = "fitting a default map set (no maps found)"
                 log.info(self.detail)
                 self._prepare_default_maps()
@@ -77,6 +83,16 @@ class ServiceState:
         except Exception as err:  # reported through /ready; the process keeps serving /health
             self.status, self.detail = "failed", f"{type(err).__name__}: {err}"
             log.exception("loading failed")
+
+    def _install_bundled(self, fingerprints: dict[str, str]) -> int:
+        """Copy the maps shipped with the package that were fitted for the loaded models (matched by fingerprint,
+        whatever their aliases) into the store. Returns how many."""
+        found = MapStore(BUNDLED_MAPS).for_models(fingerprints)
+        for key, names in found:
+            self.store.copy_from(MapStore(BUNDLED_MAPS), [key], names)
+        if found:
+            log.info("installed %d bundled default maps into %s", len(found), self.store.root)
+        return len(found)
 
     def _prepare_default_maps(self) -> None:
         from calibrate.cli import main as calibrate
@@ -165,57 +181,24 @@ class ServiceState:
             )
         return backend
 
-    def _entries(self, source: str, target: str) -> list[dict[str, Any]]:
-        return [e for e in self.served if e["source"] == source and e["target"] == target]
-
-    def _pick(self, source: str, target: str, layer: int | None, method: str | None) -> MapKey:
-        """The served map for a pair at a target layer and method, defaults filled from the manifest's default."""
-        entries = self._entries(source, target)
-        if not entries:
+    def resolve(self, source: str, target: str, mode: str, layer: int | None, method: str | None) -> Resolved:
+        """The maps a handover needs (none for ``native``), chosen by ``aligners.resolve.choose``."""
+        src, tgt = self.model(source), self.model(target)
+        if mode == "native":
+            return Resolved([], None, None, None)
+        if layer is not None and layer >= tgt.n_layers:
+            raise InvalidRequestError(f"layer must be in [0, {tgt.n_layers - 1}] for {target}, got {layer}")
+        if not any(e["source"] == source and e["target"] == target for e in self.served):
             raise NotFoundError(
                 f"no maps served for {source} -> {target}; pairs with maps: "
                 f"{sorted({e['source'] + ' -> ' + e['target'] for e in self.served})}"
             )
-        default = self.defaults.get(f"{source}__{target}", {})
-        method = method or default.get("method") or entries[0]["method"]
-        layer = layer if layer is not None else default.get("target_layer", entries[0]["target_layer"])
-        matches = [e for e in entries if e["method"] == method and e["target_layer"] == layer]
-        if not matches:
-            have = sorted({(e["target_layer"], e["method"]) for e in entries})
-            raise NotFoundError(
-                f"no {method} map into {target} layer {layer} for {source} -> {target}; "
-                f"available (target layer, method): {have}"
-            )
-
-        def score(e: dict[str, Any]) -> tuple[bool, float]:
-            is_default = e["source_layer"] == default.get("source_layer")
-            return is_default, e.get("eval", {}).get("f1", e.get("metrics", {}).get("r2", float("-inf")))
-
-        best = max(matches, key=score)
-        return MapKey(source, target, best["source_layer"], best["target_layer"], best["method"])
-
-    def resolve(self, source: str, target: str, mode: str, layer: int | None, method: str | None) -> Resolved:
-        """The maps a handover needs (none for ``native``)."""
-        src, tgt = self.model(source), self.model(target)
-        if mode == "native":
-            return Resolved([], None, None, None)
-        if mode == "embeds":
-            if layer not in (None, 0):
-                raise InvalidRequestError(f"mode 'embeds' injects at layer 0, got layer={layer}")
-            layer = 0
-        if layer is not None and layer >= tgt.n_layers:
-            raise InvalidRequestError(f"layer must be in [0, {tgt.n_layers - 1}] for {target}, got {layer}")
-        key = self._pick(source, target, layer, method)
+        try:
+            key, below = choose(self.served, source, target, mode, src.n_layers, tgt.n_layers, layer, method)
+        except ValueError as err:
+            raise InvalidRequestError(str(err)) from None
+        except MapNotFoundError as err:
+            raise NotFoundError(str(err)) from None
         maps = [LayerMap(key.source_layer, key.target_layer, self._aligner(key))]
-        if mode == "full":
-            for k in range(key.target_layer):
-                ls = matching_layer(k, tgt.n_layers, src.n_layers)
-                sub = MapKey(source, target, ls, k, key.method)
-                if not any(e["path"] == sub.relpath for e in self._entries(source, target)):
-                    raise NotFoundError(
-                        f"mode 'full' at layer {key.target_layer} needs per-layer {key.method} maps for "
-                        f"{target} layers 0..{key.target_layer - 1}; missing {sub.relpath} "
-                        "(fit with `interlingua-calibrate fit --full`)"
-                    )
-                maps.append(LayerMap(ls, k, self._aligner(sub)))
+        maps += [LayerMap(k.source_layer, k.target_layer, self._aligner(k)) for k in below]
         return Resolved(maps, key.source_layer, key.target_layer, key.method)

@@ -17,11 +17,6 @@ from service.runtime.generate import LastTokenOp, Mode, Prompt
 from service.runtime.loading import LoadedModel
 
 
-def matching_layer(layer: int, n_from: int, n_to: int) -> int:
-    """The layer of a model with ``n_to`` blocks at the same relative depth as ``layer`` of one with ``n_from``."""
-    return min(n_to, max(0, round(layer * n_to / n_from)))
-
-
 @dataclass
 class LayerMap:
     """A fitted map from the source's ``source_layer`` states to the target's ``target_layer`` states."""

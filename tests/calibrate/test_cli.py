@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from aligners import load
+from aligners.store import MapKey, MapMismatchError, MapStore
 from calibrate.cli import main
-from calibrate.store import MapKey, MapMismatchError, MapStore
 from service.runtime.loading import LoadedModel
 
 pytestmark = pytest.mark.slow
@@ -105,7 +105,8 @@ def test_map_for_another_model_is_refused(fitted: tuple[Path, Path, list[str]]) 
 
 def test_eval_reports_every_baseline(fitted: tuple[Path, Path, list[str]], capsys: pytest.CaptureFixture[str]) -> None:
     out, cache, _ = fitted
-    assert main(["eval", "--maps", str(out), "--samples", "6", "--max-new-tokens", "3", "--cache", str(cache)]) == 0
+    argv = ["eval", "--maps", str(out), "--samples", "6", "--max-new-tokens", "3", "--cache", str(cache)]
+    assert main([*argv, "--screen-by", "f1"]) == 0
     report = json.loads((out / "eval-report.json").read_text())
     assert {(r["source"], r["target"]) for r in report} == {("llama", "gemma3"), ("gemma3", "llama")}
     for r in report:
@@ -122,11 +123,36 @@ def test_eval_reports_every_baseline(fitted: tuple[Path, Path, list[str]], capsy
             # last_token's vector comes after every scored continuation token: no NLL to report.
             assert ("nll" in t) == (t["mode"] != "last_token")
             assert (t["cbr"] is None) == (t["mode"] == "last_token")
-        assert len(r["screen"]) == 15
+        assert len(r["screen"]) == 12  # 4 layer pairs x 3 methods; the helper maps L0->L0 are never screened
     assert (out / "heatmap-llama__gemma3.png").stat().st_size > 1000
     manifest = json.loads((out / "manifest.json").read_text())
-    assert all(d["by"] == "f1" for d in manifest["defaults"].values())
+    for r in report:
+        pair = manifest["defaults"][f"{r['source']}__{r['target']}"]
+        # A new default only where screening told the maps apart; when every map ties, the fit's default stays.
+        assert (pair["by"] == "f1") == (len({s["f1"] for s in r["screen"]}) > 1)
     assert "Native F1" in capsys.readouterr().out
+
+
+def test_eval_by_proxy_with_plain_text_cbr(fitted: tuple[Path, Path, list[str]], tmp_path: Path) -> None:
+    """Without screening runs (maps chosen by the fit's proxy KL), on QA from another generator plus plain text."""
+    out, cache, _ = fitted
+    argv = ["eval", "--maps", str(out), "--samples", "4", "--max-new-tokens", "3", "--cache", str(cache)]
+    argv += ["--data", "builtin:letters-qa", "--text-data", "builtin:stdlib-docs", "--text-samples", "3"]
+    argv += ["--modes", "replace,embeds", "--pairs", "llama__gemma3", "--out", str(tmp_path)]
+    before = json.loads((out / "manifest.json").read_text())["defaults"]
+    assert main(argv) == 0
+    (r,) = json.loads((tmp_path / "eval-report.json").read_text())
+    assert (r["source"], r["target"]) == ("llama", "gemma3")
+    assert r["baselines"]["text"]["n"] == 3
+    assert all("kl" in s and "f1" not in s for s in r["screen"])
+    entries = MapStore(out).entries("llama", "gemma3")
+    for t in r["translated"]:
+        assert isinstance(t["text_cbr"], float)
+        kls = [e["metrics"]["kl"] for e in entries if e["method"] == t["method"] and not e.get("helper")]
+        chosen = next(s for s in r["screen"] if s["method"] == t["method"] and s["kl"] == min(kls))
+        if t["mode"] == "replace":
+            assert t["layers"] == f"L{chosen['source_layer']}->L{chosen['target_layer']}"
+    assert json.loads((out / "manifest.json").read_text())["defaults"] == before  # proxy screening rewrites nothing
 
 
 def test_list_and_show(fitted: tuple[Path, Path, list[str]], capsys: pytest.CaptureFixture[str]) -> None:

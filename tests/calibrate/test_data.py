@@ -7,7 +7,7 @@ import pytest
 
 from calibrate.data import DataError, read_items, split_items
 from calibrate.fictional import generate_items
-from calibrate.pairing import pair_indices
+from service.runtime.pairing import pair_indices
 
 SQUAD_V1 = {
     "version": "1.1",

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from aligners import build
+from aligners.store import matching_layer
 from service.runtime.generate import Prompt, SamplingParams, check_prompt, generate, stream_batch
-from service.runtime.handover import LayerMap, matching_layer, prepare
+from service.runtime.handover import LayerMap, prepare
 from service.runtime.loading import LoadedModel, fingerprint, load_model
 from tests.runtime.test_oracles import SUFFIX, TEXT, prompt_for
 

@@ -10,7 +10,6 @@ import torch
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from calibrate.pairing import pair_indices
 from service.api.deps import Authorized, EngineDep, MetricsDep, StateDep
 from service.api.errors import TooLargeError
 from service.api.schemas import (
@@ -24,6 +23,7 @@ from service.api.schemas import (
 )
 from service.api.state import Resolved, ServiceState
 from service.runtime.encode import encode
+from service.runtime.pairing import pair_indices
 
 router = APIRouter(tags=["translate"], dependencies=[Authorized])
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404, 413, 422, 503)}

@@ -1,7 +1,8 @@
 """The map store: ``DIR/<source>__<target>/L<ℓs>-L<ℓt>/<method>.safetensors`` plus ``DIR/manifest.json``.
 
 The manifest lists every map with its metadata and metrics, and names a default map per (source, target) pair:
-the best held-out R² after ``fit``, the best task F1 after ``eval``. Maps record both models' fingerprints; using a
+the lowest proxy KL (or best held-out R² without a proxy) after ``fit``, the best task F1 after ``eval`` screening.
+Which maps serve a request is ``aligners.resolve``'s rule. Maps record both models' fingerprints; using a
 map with a model whose fingerprint differs is refused.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,13 @@ from typing import Any
 from aligners import Aligner, load
 
 MANIFEST = "manifest.json"
+
+
+def matching_layer(layer: int, n_from: int, n_to: int) -> int:
+    """The layer of a model with ``n_to`` blocks at the same relative depth as ``layer`` of one with ``n_from``."""
+    return min(n_to, max(0, round(layer * n_to / n_from)))
+
+
 LOWER_IS_BETTER = ("kl", "nll")
 
 
@@ -169,3 +178,43 @@ class MapStore:
         if source_fp is not None and target_fp is not None:
             check_fingerprints(meta, source_fp, target_fp, str(path))
         return aligner, meta
+
+    def copy_from(self, other: MapStore, keys: list[MapKey], names: dict[str, str] | None = None) -> list[MapKey]:
+        """Copy maps (files and manifest entries, defaults of their pairs included) from ``other``; ``names`` renames
+        models (other's name -> this store's name). Returns the keys as written here."""
+        names = names or {}
+        source_manifest, manifest = other.manifest(), self.manifest()
+        by_path = {e["path"]: e for e in source_manifest["maps"]}
+        written = []
+        for key in keys:
+            entry = by_path.get(key.relpath)
+            if entry is None:
+                raise MapNotFoundError(f"no map {key.relpath} in {other.root}")
+            new = MapKey(names.get(key.source, key.source), names.get(key.target, key.target), *_layers_method(key))
+            (self.root / new.relpath).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(other.root / key.relpath, self.root / new.relpath)
+            manifest["maps"] = [e for e in manifest["maps"] if e["path"] != new.relpath]
+            manifest["maps"].append({**entry, **new.as_dict(), "path": new.relpath})
+            default = source_manifest.get("defaults", {}).get(key.pair)
+            if default is not None:
+                manifest["defaults"][new.pair] = default
+            written.append(new)
+        manifest["maps"] = sorted(manifest["maps"], key=lambda e: e["path"])
+        self.write_manifest(manifest)
+        return written
+
+    def for_models(self, fingerprints: dict[str, str]) -> list[tuple[MapKey, dict[str, str]]]:
+        """The maps fitted for models with these fingerprints (alias -> fingerprint), whatever names the store gives
+        them: (key, {stored name: alias})."""
+        alias_of = {fp: alias for alias, fp in fingerprints.items()}
+        out = []
+        for e in self.entries():
+            src, tgt = alias_of.get(e.get("source_fingerprint", "")), alias_of.get(e.get("target_fingerprint", ""))
+            if src is not None and tgt is not None:
+                key = MapKey(e["source"], e["target"], e["source_layer"], e["target_layer"], e["method"])
+                out.append((key, {e["source"]: src, e["target"]: tgt}))
+        return out
+
+
+def _layers_method(key: MapKey) -> tuple[int, int, str]:
+    return key.source_layer, key.target_layer, key.method

@@ -1,0 +1,88 @@
+"""Which stored maps serve a handover: one rule, used by the server, ``eval`` and the benchmarks alike.
+
+A request names a direction and a mode, and optionally the target layer, the method and (``eval``) the source layer.
+Candidates are the pair's maps that are not helper maps (per-layer maps only ``full`` needs), narrowed by what the
+request names; the best-scored candidate wins (lowest proxy KL where the fit measured one, else best task F1 from
+``eval``, else best held-out R²):
+- ``embeds`` enters at layer 0: the best map into layer 0 (a helper map into layer 0 when nothing else is there);
+- ``replace``, ``last_token``: the best map into the named layer, or, with no layer named, the best map into a layer
+  above 0 (layer 0 would make ``replace`` the same as ``embeds``), else into 0;
+- ``full``: as ``replace``, among maps whose method also has the per-layer maps into every layer below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aligners.store import MapKey, MapNotFoundError, matching_layer
+
+
+def score(entry: dict[str, Any]) -> float:
+    """Lower is better: proxy KL, else −F1 from ``eval``, else −R², else +inf."""
+    metrics = entry.get("metrics", {})
+    if "kl" in metrics:
+        return float(metrics["kl"])
+    if "f1" in entry.get("eval", {}):
+        return -float(entry["eval"]["f1"])
+    return -float(metrics.get("r2", float("-inf")))
+
+
+def _per_layer(entries: list[dict[str, Any]], key: MapKey, n_src: int, n_tgt: int) -> list[MapKey] | None:
+    have = {(e["source_layer"], e["target_layer"], e["method"]) for e in entries}
+    chain = [
+        MapKey(key.source, key.target, matching_layer(k, n_tgt, n_src), k, key.method) for k in range(key.target_layer)
+    ]
+    return chain if all((k.source_layer, k.target_layer, k.method) in have for k in chain) else None
+
+
+def choose(
+    entries: list[dict[str, Any]],
+    source: str,
+    target: str,
+    mode: str,
+    n_src: int,
+    n_tgt: int,
+    layer: int | None = None,
+    method: str | None = None,
+    source_layer: int | None = None,
+) -> tuple[MapKey, list[MapKey]]:
+    """(the map whose target layer is the injection layer, the per-layer maps ``full`` needs below it)."""
+    if mode == "embeds":
+        if layer not in (None, 0):
+            raise ValueError(f"mode 'embeds' injects at layer 0, got layer={layer}")
+        layer = 0
+    pair = [e for e in entries if e["source"] == source and e["target"] == target]
+    if not pair:
+        raise MapNotFoundError(f"no maps for {source} -> {target}")
+    named = [
+        e for e in pair if (method is None or e["method"] == method) and (layer is None or e["target_layer"] == layer)
+    ]
+    candidates = [e for e in named if not e.get("helper")]
+    if layer is None and any(e["target_layer"] > 0 for e in candidates):
+        candidates = [e for e in candidates if e["target_layer"] > 0]
+    if mode == "embeds" and not candidates:
+        candidates = named  # helper maps into layer 0 still hand over embeddings
+    chains: dict[str, list[MapKey]] = {}
+    if mode == "full":
+        kept = []
+        for e in candidates:
+            key = _key(e)
+            chain = _per_layer(pair, key, n_src, n_tgt)
+            if chain is not None:
+                chains[key.relpath] = chain
+                kept.append(e)
+        candidates = kept
+    if not candidates:
+        have = sorted({(e["target_layer"], e["method"]) for e in pair if not e.get("helper")})
+        need = " with per-layer maps into every layer below (fit with --full)" if mode == "full" else ""
+        raise MapNotFoundError(
+            f"no {method or 'map'} into {target} layer {'any' if layer is None else layer} for {source} -> "
+            f"{target} in mode {mode!r}{need}; available (target layer, method): {have}"
+        )
+    best = min(candidates, key=lambda e: (source_layer is not None and e["source_layer"] != source_layer, score(e)))
+    key = _key(best)
+    return key, chains.get(key.relpath, [])
+
+
+def _key(entry: dict[str, Any]) -> MapKey:
+    return MapKey(entry["source"], entry["target"], entry["source_layer"], entry["target_layer"], entry["method"])

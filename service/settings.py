@@ -36,7 +36,14 @@ class Settings(BaseSettings):
 
     models: str = Field("smollm2=smollm2,gemma3=gemma3", description="alias=spec pairs: the models to load")
     maps: Path = Field(default_factory=lambda: cache_home() / "maps", description="map store folder")
-    prepare_maps: bool = Field(True, description="fit a small default map set when the store has none for the pair")
+    prepare_maps: bool = Field(
+        True,
+        description="when the store has no maps for the loaded models: install the bundled default maps fitted for "
+        "them (matched by fingerprint), else fit a small default set",
+    )
+    default_maps: Path = Field(
+        Path(__file__).resolve().parent / "default_maps", description="the bundled default map store"
+    )
     backend: BackendName = Field(
         "transformers", description="decoder for every target model: transformers (all modes) or vllm (native, embeds)"
     )

@@ -11,7 +11,6 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aligners import Aligner
@@ -25,8 +24,6 @@ from service.settings import Settings
 
 log = logging.getLogger("interlingua")
 MAP_CACHE = 64  # maps kept in memory
-# Maps shipped with the package for the real small pair (``make default-maps`` rebuilds them).
-BUNDLED_MAPS = Path(__file__).resolve().parent.parent / "default_maps"
 
 
 @dataclass
@@ -87,9 +84,10 @@ class ServiceState:
     def _install_bundled(self, fingerprints: dict[str, str]) -> int:
         """Copy the maps shipped with the package that were fitted for the loaded models (matched by fingerprint,
         whatever their aliases) into the store. Returns how many."""
-        found = MapStore(BUNDLED_MAPS).for_models(fingerprints)
+        bundled = MapStore(self.settings.default_maps)
+        found = bundled.for_models(fingerprints)
         for key, names in found:
-            self.store.copy_from(MapStore(BUNDLED_MAPS), [key], names)
+            self.store.copy_from(bundled, [key], names)
         if found:
             log.info("installed %d bundled default maps into %s", len(found), self.store.root)
         return len(found)

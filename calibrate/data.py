@@ -142,7 +142,10 @@ def read_items(spec: str, seed: int = 0, builtin_size: int = 2000) -> list[Item]
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise DataError(f"{path}: not valid JSON ({err})") from None
+            hint = ""
+            if isinstance(err, json.JSONDecodeError) and err.msg == "Extra data":
+                hint = "; it looks like JSON Lines (one object per line): name the file .jsonl"
+            raise DataError(f"{path}: not valid JSON ({err}){hint}") from None
         items = _squad(path, doc)
     if not items:
         raise DataError(f"{path}: no items")

@@ -239,7 +239,8 @@ class Through:
             best = self._held_kl(module, encoded, ls, lt)
             curve.append({"step": 0, "heldout_kl": best, "train_kl": float("nan"), "seconds": 0.0})
             best_state = module.tensors()
-            stale, step, order = 0, 0, []
+            stale, step = 0, 0
+            order: list[int] = []
             bar = tqdm(total=max_steps, desc=f"distill {label}".strip(), unit="step", leave=False)
             running: list[float] = []
             while step < max_steps:

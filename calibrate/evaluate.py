@@ -377,7 +377,7 @@ def run_eval(args: argparse.Namespace) -> int:
         if unknown:
             raise ValueError(f"--pairs names {unknown}, not in the store; pairs: {['__'.join(p) for p in pairs]}")
         pairs = [p for p in pairs if p in wanted]
-    has_kl = all("kl" in e["metrics"] for e in manifest["maps"])
+    has_kl = all("kl" in e["metrics"] for e in manifest["maps"] if not e.get("helper"))
     screen_by = ("kl" if has_kl else "f1") if args.screen_by == "auto" else args.screen_by
     if screen_by == "kl" and not has_kl:
         raise ValueError("--screen-by kl needs maps scored by the proxy KL (fit with --proxy-probes > 0)")

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from aligners import Aligner, build, metrics
+from aligners import Aligner, Distill, build, metrics
 from aligners.store import MapKey, MapStore, matching_layer
 from calibrate.distill import Through
 from service.runtime.encode import Encoded
@@ -153,7 +153,7 @@ def sweep(
             aligner = make_aligner(method, seed).fit(x, y)
             seconds = time.perf_counter() - start
             scores = metrics.evaluate(aligner.transform(xh), yh, target_mean=y.mean(dim=0)) if len(xh) > 1 else {}
-            if through is not None:
+            if through is not None and (ls, lt) not in helpers:  # helper maps are never candidates: no proxy
                 scores["kl"] = through.score(aligner, src.encoded, ls, lt)
             key = MapKey(src.name, tgt.name, ls, lt, method)
             meta = {**_meta(src, tgt, metadata, x, xh, len(fit_idx)), "fit_seconds": seconds}
@@ -171,7 +171,7 @@ def sweep(
     for ls, lt in tqdm(main, desc=f"rank layers {src.name}->{tgt.name}", unit="pair", leave=False):
         x, y, _, _ = data[(ls, lt)]
         init_kl[(ls, lt)] = through.score(make_aligner("distill", seed).fit(x, y), src.encoded, ls, lt)
-    chosen = []
+    chosen: list[tuple[int, int]] = []
     for lt in sorted({lt for _, lt in main}):
         ranked = sorted((kl, ls) for (ls, t), kl in init_kl.items() if t == lt)
         chosen.extend((ls, lt) for _, ls in ranked[:train_top])
@@ -180,6 +180,7 @@ def sweep(
             x, y, xh, yh = data[(ls, lt)]
             start = time.perf_counter()
             aligner = make_aligner(method, seed).fit(x, y)
+            assert isinstance(aligner, Distill)  # every trained method is a distill map
             report = through.train(aligner, src.encoded, ls, lt, label=f"{src.name}->{tgt.name} L{ls}->L{lt}")
             seconds = time.perf_counter() - start
             scores = metrics.evaluate(aligner.transform(xh), yh, target_mean=y.mean(dim=0)) if len(xh) > 1 else {}

@@ -28,4 +28,10 @@ def check_range(layers: list[int], n_layers: int, model: str, what: str, allow_l
     top = n_layers if allow_last else n_layers - 1
     bad = [layer for layer in layers if layer > top]
     if bad:
-        raise ValueError(f"{what} {bad} out of range for {model}: it has layers 0..{top}")
+        why = (
+            f"it has layers 0..{n_layers} (0 = embeddings, {n_layers} = after the last of its {n_layers} blocks)"
+            if allow_last
+            else f"states are injected at layers 0..{top}: layer {n_layers} is the output of its last block "
+            "(after the final norm), which no block reads"
+        )
+        raise ValueError(f"{what} {bad} out of range for {model}: {why}")

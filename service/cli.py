@@ -67,7 +67,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from service.api.app import create_app
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        # On SIGTERM, open requests get this long before they are cancelled; the worker then stops what is left.
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
+    )
     return 0
 
 

@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import errors
 from service.api.engine import Engine
@@ -21,6 +23,41 @@ DESCRIPTION = """Hand what one language model has read to another.
 Model A encodes a text; its hidden states at a layer are mapped by a calibrated alignment map into model B's hidden
 space; B continues from them. `POST /translate` returns the mapped states with diagnostics, `POST /generate` lets B
 continue (modes `replace`, `full`, `last_token`, `embeds`, and `native` as the baseline)."""
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413 before they are parsed: at once from Content-Length, or
+    while reading a chunked body."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            response = errors.error_response(413, "too_large", self._detail(int(declared)))
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise StarletteHTTPException(413, self._detail(seen))
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _detail(self, size: int) -> str:
+        return (
+            f"request body has {size} bytes or more; this server accepts at most {self.limit} "
+            "(INTERLINGUA_MAX_BODY_BYTES)"
+        )
 
 
 def create_app(settings: Settings | None = None, state: ServiceState | None = None) -> FastAPI:
@@ -37,11 +74,13 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
         if service.status != "ready":
             threading.Thread(target=service.load, name="interlingua-loader", daemon=True).start()
         yield
-        engine.stop()
+        engine.stop(settings.shutdown_grace_s)
+        service.close()
 
     app = FastAPI(title="interlingua", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.service, app.state.engine, app.state.metrics = service, engine, meter
     errors.install(app)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
     @app.middleware("http")
     async def record(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -6,6 +6,7 @@ import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.engine import Engine
 from service.api.errors import UnauthorizedError
@@ -25,14 +26,17 @@ def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def require_key(request: Request) -> None:
+# Declared in OpenAPI as a bearer scheme; checked here (not by the scheme) so a server without a key needs none.
+bearer = HTTPBearer(auto_error=False, description="the server's INTERLINGUA_API_KEY, where one is set")
+
+
+def require_key(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
     """With an API key configured, require ``Authorization: Bearer <key>`` (compared in constant time)."""
     key = request.app.state.service.settings.api_key
     if not key:
         return
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
+    given = "" if credentials is None else credentials.credentials
+    if not hmac.compare_digest(given.strip().encode(), key.encode()):
         raise UnauthorizedError("missing or wrong API key: send 'Authorization: Bearer <key>'")
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.api.errors import BusyError
+from service.api.errors import BusyError, DeadlineError, NotReadyError, ServiceError
 from service.backends import Backend
 from service.runtime.generate import Prompt, SamplingParams
 
@@ -28,17 +28,46 @@ log = logging.getLogger("interlingua")
 
 @dataclass
 class GenerateJob:
-    """One generate request: ``build`` (run on the worker) returns its target model's prompt and prepare timings."""
+    """One generate request: ``build`` (run on the worker) returns its target model's prompt and prepare timings.
+
+    A job stops early, within a decoding step, when its client goes away (``abandon``), when its ``deadline``
+    (``time.monotonic()``) passes (504) or when the server shuts down past its grace period (503)."""
 
     group: tuple[Any, ...]  # jobs with equal groups can share a batch
     backend: Backend  # decodes for the target model
     build: Callable[[], tuple[Prompt, dict[str, float], int]]
     params: SamplingParams
     loop: asyncio.AbstractEventLoop
+    timeout_s: float | None = None
     events: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
+    stopped: ServiceError | None = None  # why the job was stopped from outside (None: abandoned or running)
+    abandoned: bool = False
+
+    def __post_init__(self) -> None:
+        self.deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
 
     def emit(self, kind: str, payload: Any) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
+
+    def abandon(self) -> None:
+        """The client has gone: stop generating for it, answer nobody."""
+        self.abandoned = True
+
+    def stop(self, reason: ServiceError) -> None:
+        self.stopped = reason
+
+    def should_stop(self) -> bool:
+        if self.deadline is not None and self.stopped is None and time.monotonic() > self.deadline:
+            self.stopped = DeadlineError(
+                f"the request ran past its deadline of {self.timeout_s:g} s (timeout_s, or the server's "
+                "INTERLINGUA_REQUEST_TIMEOUT_S) and was stopped"
+            )
+        return self.abandoned or self.stopped is not None
+
+    def finish_stopped(self) -> None:
+        """Tell the client why its job stopped (nothing when it has gone)."""
+        if not self.abandoned and self.stopped is not None:
+            self.emit("error", self.stopped)
 
 
 @dataclass
@@ -53,20 +82,33 @@ class Engine:
         self.jobs: queue.Queue[GenerateJob | CallJob | None] = queue.Queue(maxsize=queue_size)
         self.max_batch = max_batch
         self.pending: deque[GenerateJob | CallJob | None] = deque()
+        self.current: list[GenerateJob] = []  # the batch being decoded
+        self.closing = False
         self.thread = threading.Thread(target=self._run, name="interlingua-worker", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
 
-    def stop(self) -> None:
-        self.jobs.put(None)
-        self.thread.join(timeout=5)
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Refuse new work, let queued and running work finish for up to ``grace_s``, then stop what is left (its
+        clients get 503) and end the worker."""
+        self.closing = True
+        self.jobs.put(None)  # blocks only while the queue is full, which the grace period drains
+        self.thread.join(timeout=grace_s)
+        if self.thread.is_alive():
+            shutdown = NotReadyError("the server is shutting down; retry on another replica or after restart")
+            for job in [*list(self.jobs.queue), *self.pending, *self.current]:
+                if isinstance(job, GenerateJob):
+                    job.stop(shutdown)
+            self.thread.join(timeout=10)
 
     @property
     def depth(self) -> int:
         return self.jobs.qsize() + len(self.pending)
 
     def submit(self, job: GenerateJob | CallJob) -> None:
+        if self.closing:
+            raise NotReadyError("the server is shutting down; retry on another replica or after restart")
         try:
             self.jobs.put_nowait(job)
         except queue.Full:
@@ -119,6 +161,9 @@ class Engine:
     def _generate(self, batch: list[GenerateJob]) -> None:
         ready: list[tuple[GenerateJob, Prompt, dict[str, float], int]] = []
         for job in batch:
+            if job.should_stop():  # gone, or past its deadline, while it waited
+                job.finish_stopped()
+                continue
             try:
                 prompt, timings, source_tokens = job.build()
                 ready.append((job, prompt, timings, source_tokens))
@@ -127,10 +172,15 @@ class Engine:
         if not ready:
             return
         backend = ready[0][0].backend
+        self.current = [r[0] for r in ready]
         start = time.perf_counter()
         try:
-            for event in backend.stream([r[1] for r in ready], [r[0].params for r in ready]):
+            stream = backend.stream([r[1] for r in ready], [r[0].params for r in ready], self._stopper(ready))
+            for event in stream:
                 job, _, timings, source_tokens = ready[event.index]
+                if event.finished and event.completion is None:  # stopped from outside
+                    job.finish_stopped()
+                    continue
                 job.emit("delta", event)
                 if event.completion is not None:
                     timings = {**timings, "generate": (time.perf_counter() - start) * 1e3}
@@ -139,6 +189,12 @@ class Engine:
             log.exception("generation failed")
             for job, *_ in ready:
                 job.emit("error", err)
+        finally:
+            self.current = []
+
+    @staticmethod
+    def _stopper(ready: list[tuple[GenerateJob, Prompt, dict[str, float], int]]) -> Callable[[int], bool]:
+        return lambda i: ready[i][0].should_stop()
 
 
 def _set_result(future: asyncio.Future[Any], value: Any) -> None:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+import logging
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("interlingua")
 
 
 class ServiceError(Exception):
@@ -45,7 +50,47 @@ class NotReadyError(ServiceError):
     headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}
 
 
+class DeadlineError(ServiceError):
+    status, kind = 504, "timeout"
+
+
+# Error kinds of the HTTP statuses the framework raises by itself (unknown routes, wrong methods, unreadable bodies).
+HTTP_KINDS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large", 422: "invalid_request"}
+
+
+def error_response(status: int, kind: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """Every error body: ``{"error": kind, "detail": text}``."""
+    return JSONResponse({"error": kind, "detail": detail}, status_code=status, headers=headers)
+
+
+def describe_validation(errors: list[dict[str, Any]]) -> str:
+    """Pydantic's errors as one line naming each field and the problem, never echoing the value (which may be NaN
+    or a lone surrogate that JSON cannot carry)."""
+    parts = []
+    for e in errors:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        msg = str(e.get("msg", "invalid"))
+        if e.get("type") == "extra_forbidden":
+            msg = "unknown field (check its spelling; see /docs for the fields this endpoint takes)"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts) or "invalid request"
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, err: ServiceError) -> JSONResponse:
-        return JSONResponse({"error": err.kind, "detail": err.detail}, status_code=err.status, headers=err.headers)
+        return error_response(err.status, err.kind, err.detail, err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        return error_response(422, "invalid_request", describe_validation(list(err.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        kind = HTTP_KINDS.get(err.status_code, "http_error")
+        return error_response(err.status_code, kind, str(err.detail), dict(err.headers or {}) or None)
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, err: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(500, "internal", f"internal error ({type(err).__name__}); see the server log")

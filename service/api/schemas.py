@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+SEED_MAX = 2**63 - 1  # torch generators take a signed 64-bit seed
+STOP_MAX_CHARS = 256
+
+
+def _unicode(text: str) -> str:
+    """Refuse text that is not valid Unicode (a lone surrogate from a JSON escape such as \\ud800)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"not valid Unicode: lone surrogate at character {err.start}") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+StopString = Annotated[str, Field(min_length=1, max_length=STOP_MAX_CHARS), AfterValidator(_unicode)]
 
 HandoverMode = Literal["replace", "full", "last_token", "embeds", "native"]
 
@@ -44,6 +60,7 @@ class ModelsResponse(BaseModel):
 
 class TranslateRequest(BaseModel):
     model_config = ConfigDict(
+        extra="forbid",
         json_schema_extra={
             "examples": [
                 {
@@ -55,12 +72,12 @@ class TranslateRequest(BaseModel):
                     "compare_native": True,
                 }
             ]
-        }
+        },
     )
 
     source: str = Field(description="alias of the model that reads the text (A)")
     target: str = Field(description="alias of the model whose space the states are mapped into (B)")
-    text: str = Field(min_length=1, description="what A reads")
+    text: Text = Field(min_length=1, description="what A reads")
     layer: int | None = Field(None, ge=0, description="target layer to map into (default: the default map's)")
     method: str | None = Field(None, description="map method, e.g. affine (default: the default map's)")
     return_states: Literal["none", "base64", "list"] = "none"
@@ -109,6 +126,7 @@ class TranslateResponse(BaseModel):
 
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(
+        extra="forbid",
         json_schema_extra={
             "examples": [
                 {
@@ -121,22 +139,30 @@ class GenerateRequest(BaseModel):
                     "stop": ["\n"],
                 }
             ]
-        }
+        },
     )
 
     source: str
     target: str
-    text: str = Field(min_length=1, description="what A reads and hands over")
-    prompt: str = Field("", description="what B reads natively after the handed-over text")
+    text: Text = Field(min_length=1, description="what A reads and hands over")
+    prompt: Text = Field("", description="what B reads natively after the handed-over text")
     mode: HandoverMode = "replace"
     layer: int | None = Field(None, ge=0, description="target injection layer (default: the default map's)")
     method: str | None = None
     op: Literal["replace", "sum", "mean"] = Field("replace", description="last_token mode: how A's state enters")
     max_new_tokens: int = Field(32, ge=1)
-    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 = greedy")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = Field(None, ge=0)
-    stop: list[str] = Field(default_factory=list, max_length=8)
+    temperature: float = Field(0.0, ge=0.0, le=5.0, allow_inf_nan=False, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    stop: list[StopString] = Field(
+        default_factory=list, max_length=8, description=f"up to 8 strings of 1-{STOP_MAX_CHARS} characters"
+    )
+    timeout_s: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="end the request with 504 past this many seconds (capped by the server's limit)",
+    )
     stream: bool = False
 
 

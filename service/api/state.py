@@ -11,11 +11,13 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from aligners import Aligner
+from aligners import Aligner, MapFileError
+from aligners import load as load_map
 from aligners.resolve import choose
-from aligners.store import MapKey, MapNotFoundError, MapStore
+from aligners.store import MapKey, MapMismatchError, MapNotFoundError, MapStore, check_fingerprints
 from service.api.errors import InvalidRequestError, NotFoundError, NotReadyError
 from service.backends import Backend, make_backend
 from service.runtime.handover import LayerMap
@@ -47,6 +49,7 @@ class ServiceState:
     status: str = "loading"
     detail: str = "starting"
     _maps: OrderedDict[MapKey, Aligner] = field(default_factory=OrderedDict)
+    _paths: dict[MapKey, Path] = field(default_factory=dict)  # served key (aliases) -> its file
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -119,30 +122,52 @@ class ServiceState:
             raise RuntimeError("default map fitting failed (see log)")
 
     def refresh_maps(self) -> None:
+        """Serve every map fitted for the loaded models, matched by fingerprint whatever the store calls them, after
+        loading each file once: a corrupt file or one whose recorded fingerprints disagree is refused now, not on
+        first use. Maps for models this server does not load are skipped, with a log line."""
         manifest = self.store.manifest()
-        served, refused = [], []
+        alias_of = {m.fingerprint: alias for alias, m in self.models.items()}
+        served, refused, paths, skipped = [], [], {}, 0
+        renamed: dict[str, str] = {}  # the store's pair key -> this server's
         for e in manifest["maps"]:
-            src, tgt = self.models.get(e["source"]), self.models.get(e["target"])
+            src, tgt = alias_of.get(e.get("source_fingerprint", "")), alias_of.get(e.get("target_fingerprint", ""))
             if src is None or tgt is None:
-                continue  # a map for models this server does not load
-            bad = [
-                side for side, m in (("source", src), ("target", tgt)) if e.get(f"{side}_fingerprint") != m.fingerprint
-            ]
-            if bad:
-                reason = (
-                    f"fingerprint of {', '.join(bad)} model differs from the loaded one "
-                    f"({e['source']}={src.fingerprint}, {e['target']}={tgt.fingerprint}): refit the map"
-                )
-                log.warning("refusing map %s: %s", e["path"], reason)
-                refused.append({"path": e["path"], "reason": reason})
-            else:
-                served.append(e)
-        self.served, self.refused = served, refused
-        self.defaults = {
-            k: v
-            for k, v in manifest.get("defaults", {}).items()
-            if any(f"{e['source']}__{e['target']}" == k for e in served)
-        }
+                if e["source"] in self.models and e["target"] in self.models:
+                    have = f"{self.models[e['source']].fingerprint} -> {self.models[e['target']].fingerprint}"
+                    reason = (
+                        f"fitted for {e['source']} -> {e['target']} with fingerprints {e.get('source_fingerprint')} -> "
+                        f"{e.get('target_fingerprint')}, but the loaded models have {have}: refit the map"
+                    )
+                    log.warning("refusing map %s: %s", e["path"], reason)
+                    refused.append({"path": e["path"], "reason": reason})
+                else:
+                    skipped += 1
+                continue
+            try:
+                _, meta = load_map(self.store.root / e["path"])
+                check_fingerprints(meta, self.models[src].fingerprint, self.models[tgt].fingerprint, e["path"])
+            except (MapFileError, MapMismatchError) as err:
+                log.warning("refusing map %s: %s", e["path"], err)
+                refused.append({"path": e["path"], "reason": str(err)})
+                continue
+            entry = {**e, "source": src, "target": tgt}
+            served.append(entry)
+            renamed[f"{e['source']}__{e['target']}"] = f"{src}__{tgt}"
+            paths[MapKey(src, tgt, e["source_layer"], e["target_layer"], e["method"])] = self.store.root / e["path"]
+        if skipped:
+            log.info("skipped %d maps fitted for models this server does not load", skipped)
+        with self._lock:
+            self.served, self.refused, self._paths = served, refused, paths
+            self._maps.clear()
+        self.defaults = {renamed[k]: v for k, v in manifest.get("defaults", {}).items() if k in renamed}
+
+    def close(self) -> None:
+        """Close every backend (engine processes included)."""
+        for alias, backend in self.backends.items():
+            try:
+                backend.close()
+            except Exception:  # closing the others matters more than one failure here
+                log.exception("closing the %s backend of %s failed", backend.name, alias)
 
     def require_ready(self) -> None:
         if self.status != "ready":
@@ -159,11 +184,15 @@ class ServiceState:
             if key in self._maps:
                 self._maps.move_to_end(key)
                 return self._maps[key]
+            path = self._paths.get(key)
+        if path is None:
+            raise NotFoundError(f"no map {key.relpath} is served")
         src, tgt = self.models[key.source], self.models[key.target]
         try:
-            aligner, _ = self.store.load(key, src.fingerprint, tgt.fingerprint)
-        except MapNotFoundError as err:
-            raise NotFoundError(str(err)) from None
+            aligner, meta = load_map(path)
+            check_fingerprints(meta, src.fingerprint, tgt.fingerprint, str(path))
+        except (MapFileError, MapMismatchError) as err:  # changed on disk since start
+            raise NotFoundError(f"map {key.relpath} can no longer be served: {err}") from None
         with self._lock:
             self._maps[key] = aligner
             while len(self._maps) > MAP_CACHE:

@@ -23,8 +23,15 @@ class Backend(Protocol):
         """Whether this backend can run a handover mode at a target layer."""
         ...
 
-    def stream(self, prompts: list[Prompt], params: list[SamplingParams]) -> Iterator[StepEvent]:
-        """Decode a batch (prompts share mode and layer), one event per request per step."""
+    def stream(
+        self, prompts: list[Prompt], params: list[SamplingParams], stop: Callable[[int], bool] | None = None
+    ) -> Iterator[StepEvent]:
+        """Decode a batch (prompts share mode and layer), one event per request per step. ``stop(i)`` is asked each
+        step; a request it stops ends with one event ``finished=True, completion=None`` and takes no more work."""
+        ...
+
+    def close(self) -> None:
+        """Release engines, worker processes and memory (the server calls it on shutdown)."""
         ...
 
 
@@ -39,8 +46,13 @@ class TransformersBackend:
     def supports(self, mode: str, layer: int) -> bool:
         return True
 
-    def stream(self, prompts: list[Prompt], params: list[SamplingParams]) -> Iterator[StepEvent]:
-        return stream_batch(self.target, prompts, params)
+    def stream(
+        self, prompts: list[Prompt], params: list[SamplingParams], stop: Callable[[int], bool] | None = None
+    ) -> Iterator[StepEvent]:
+        return stream_batch(self.target, prompts, params, stop)
+
+    def close(self) -> None:
+        """Nothing to release: the model belongs to the service state."""
 
 
 def _vllm(target: LoadedModel, settings: Settings | None = None) -> Backend:

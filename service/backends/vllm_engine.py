@@ -10,7 +10,7 @@ transformers backend.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
@@ -74,8 +74,10 @@ class VLLMBackend:
         self._ids = itertools.count()
 
     def close(self) -> None:
-        """Stop the engine's processes and free its memory."""
-        self.engine.engine_core.shutdown()
+        """Stop the engine's processes and free its memory (idempotent)."""
+        engine, self.engine = getattr(self, "engine", None), None
+        if engine is not None:
+            engine.engine_core.shutdown()
 
     def supports(self, mode: str, layer: int) -> bool:
         return mode == "native" or (mode in ("embeds", "replace") and layer == 0)
@@ -111,7 +113,9 @@ class VLLMBackend:
             output_kind=RequestOutputKind.DELTA,
         )
 
-    def stream(self, prompts: list[Prompt], params: list[SamplingParams]) -> Iterator[StepEvent]:
+    def stream(
+        self, prompts: list[Prompt], params: list[SamplingParams], stop: Callable[[int], bool] | None = None
+    ) -> Iterator[StepEvent]:
         if len(params) != len(prompts):
             raise ValueError("one SamplingParams per prompt")
         for prompt in prompts:
@@ -129,6 +133,13 @@ class VLLMBackend:
             index[request_id] = i
         try:
             while index:
+                for request_id, i in list(index.items()):
+                    if stop is not None and stop(i):
+                        self.engine.abort_request([request_id])
+                        del index[request_id]
+                        yield StepEvent(i, -1, "", True, None)
+                if not index:
+                    break
                 for out in self.engine.step():
                     if out.request_id not in index:
                         continue
@@ -144,7 +155,7 @@ class VLLMBackend:
                         if isinstance(step.stop_reason, str):  # a stop string: vLLM's text ends before it
                             text = texts[i] + delta
                         else:  # the whole decoded output, as the runtime gives it (an unfinished character included)
-                            text = self.target.decode(token_ids[i])
+                            text = self.target.decode_continuation(token_ids[i])
                         delta = text[len(texts[i]) :] if text.startswith(texts[i]) else delta
                         completion = Completion(text, list(token_ids[i]), reason, lengths[i])
                     texts[i] += delta

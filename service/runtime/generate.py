@@ -14,7 +14,7 @@ All prompts of one batch share a mode and layer; their lengths may differ (paddi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -313,7 +313,7 @@ class _Request:
             self.done, self.finish = True, "stop"
         else:
             self.ids.append(token)
-            self.text = self.target.decode(self.ids)
+            self.text = self.target.decode_continuation(self.ids)
             cut = min((self.text.find(s) for s in self.params.stop if s and s in self.text), default=-1)
             if cut >= 0:
                 self.text, self.done, self.finish = self.text[:cut], True, "stop"
@@ -328,8 +328,16 @@ class _Request:
         return Completion(self.text, list(self.ids), self.finish, self.prompt_tokens)
 
 
-def stream_batch(target: LoadedModel, prompts: list[Prompt], params: list[SamplingParams]) -> Iterator[StepEvent]:
-    """Generate for a batch, yielding one event per request per step until every request has finished."""
+def stream_batch(
+    target: LoadedModel,
+    prompts: list[Prompt],
+    params: list[SamplingParams],
+    stop: Callable[[int], bool] | None = None,
+) -> Iterator[StepEvent]:
+    """Generate for a batch, yielding one event per request per step until every request has finished.
+
+    ``stop(i)`` is asked before each of request i's steps; when it says yes the request ends there with one event
+    ``finished=True, completion=None`` and takes no more compute (its batch slot stays masked)."""
     if len(params) != len(prompts):
         raise ValueError("one SamplingParams per prompt")
     for p in params:
@@ -344,6 +352,11 @@ def stream_batch(target: LoadedModel, prompts: list[Prompt], params: list[Sampli
         for i, req in enumerate(requests):
             if req.done:
                 tokens.append(0)
+                continue
+            if stop is not None and stop(i):
+                req.done = True
+                tokens.append(0)
+                yield StepEvent(i, -1, "", True, None)
                 continue
             token = sample(logits[i], req.params, req.generator)
             tokens.append(token)

@@ -102,6 +102,22 @@ class LoadedModel:
     def decode(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
+    def decode_continuation(self, ids: list[int]) -> str:
+        """The text of ``ids`` as it reads after what came before them. SentencePiece-style decoders drop the space
+        a sequence starts with (" One day" -> "One day"), so the ids are decoded after a context token and the
+        context's own text is cut off again (the prefix-offset rule of incremental detokenizers)."""
+        if not ids:
+            return ""
+        lead = self.decode(self._context)
+        full = self.decode(self._context + list(ids))
+        return full[len(lead) :] if full.startswith(lead) else self.decode(ids)
+
+    @property
+    def _context(self) -> list[int]:
+        if not hasattr(self, "_context_ids"):
+            self._context_ids = self.tokenize("a")[0] or [self.start_token_id]
+        return self._context_ids
+
 
 def start_token(tokenizer: PreTrainedTokenizerBase) -> int:
     """The token every sequence starts with. Models without a BOS (SmolLM2) get their end-of-text token instead:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,7 +14,8 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import Authorized, EngineDep, MetricsDep, StateDep
 from service.api.engine import GenerateJob
-from service.api.errors import InvalidRequestError, ServiceError
+from service.api.errors import DeadlineError, InvalidRequestError, ServiceError
+from service.api.metrics import Metrics
 from service.api.routes.translate import ERRORS, check_length
 from service.api.schemas import GenerateRequest, GenerateResponse, Usage
 from service.api.state import Resolved, ServiceState
@@ -39,7 +41,9 @@ def _job(state: ServiceState, req: GenerateRequest, resolved: Resolved) -> Gener
     )
     group = (req.target, req.mode, resolved.target_layer)
     backend = state.backend(req.target, req.mode, resolved.target_layer or 0)
-    return GenerateJob(group=group, backend=backend, build=build, params=params, loop=asyncio.get_running_loop())
+    limit = state.settings.request_timeout_s
+    timeout = limit if req.timeout_s is None else min(req.timeout_s, limit)
+    return GenerateJob(group, backend, build, params, asyncio.get_running_loop(), timeout)
 
 
 def _response(
@@ -94,29 +98,53 @@ async def post_generate(
     engine.submit(job)
 
     if not req.stream:
-        while True:
-            kind, payload = await job.events.get()
-            if kind == "error":
-                raise _as_service_error(payload)
-            if kind == "done":
-                result = _response(req, resolved, payload)
-                m.tokens.labels("completion").inc(result.usage.completion_tokens)
-                m.tokens.labels("target_prompt").inc(result.usage.target_prompt_tokens)
-                return result
+        try:
+            while True:
+                kind, payload = await _next_event(job)
+                if kind == "error":
+                    raise _as_service_error(payload)
+                if kind == "done":
+                    result = _response(req, resolved, payload)
+                    m.tokens.labels("completion").inc(result.usage.completion_tokens)
+                    m.tokens.labels("target_prompt").inc(result.usage.target_prompt_tokens)
+                    return result
+        finally:
+            job.abandon()  # a no-op once done; otherwise (client gone, deadline) the worker drops the job
 
     async def events() -> AsyncIterator[str]:
-        while True:
-            kind, payload = await job.events.get()
-            if kind == "delta":
-                yield f"data: {json.dumps({'delta': payload.delta, 'token_id': payload.token_id})}\n\n"
-            elif kind == "done":
-                result = _response(req, resolved, payload)
-                m.tokens.labels("completion").inc(result.usage.completion_tokens)
-                yield f"event: done\ndata: {result.model_dump_json()}\n\n"
-                return
-            else:
-                err = _as_service_error(payload)
-                yield f"event: error\ndata: {json.dumps({'error': err.kind, 'detail': err.detail})}\n\n"
-                return
+        try:
+            async for item in _stream(job, req, resolved, m):
+                yield item
+        finally:
+            job.abandon()  # the client disconnected (or the stream ended): stop decoding for it
 
     return StreamingResponse(events(), media_type="text/event-stream")
+
+
+async def _next_event(job: GenerateJob) -> tuple[str, Any]:
+    """The job's next event, or a 504 once its deadline has passed (the worker is told to drop it)."""
+    remaining = None if job.deadline is None else max(0.0, job.deadline - time.monotonic())
+    try:
+        return await asyncio.wait_for(job.events.get(), timeout=remaining)
+    except TimeoutError:
+        job.should_stop()
+        raise job.stopped or DeadlineError("the request ran past its deadline") from None
+
+
+async def _stream(job: GenerateJob, req: GenerateRequest, resolved: Resolved, m: Metrics) -> AsyncIterator[str]:
+    while True:
+        try:
+            kind, payload = await _next_event(job)
+        except ServiceError as stopped:
+            kind, payload = "error", stopped
+        if kind == "delta":
+            yield f"data: {json.dumps({'delta': payload.delta, 'token_id': payload.token_id})}\n\n"
+        elif kind == "done":
+            result = _response(req, resolved, payload)
+            m.tokens.labels("completion").inc(result.usage.completion_tokens)
+            yield f"event: done\ndata: {result.model_dump_json()}\n\n"
+            return
+        else:
+            err = _as_service_error(payload)
+            yield f"event: error\ndata: {json.dumps({'error': err.kind, 'detail': err.detail})}\n\n"
+            return

@@ -47,7 +47,7 @@ def translate(state: ServiceState, req: TranslateRequest, resolved: Resolved) ->
     t2 = time.perf_counter()
     timings = {"encode": (t1 - t0) * 1e3, "project": (t2 - t1) * 1e3}
     tokens = [
-        Token(id=i, text=src.tokenizer.decode([i]), start=s, end=e)
+        Token(id=i, text=src.decode_continuation([i]), start=s, end=e)
         for i, (s, e) in zip(enc.ids, enc.offsets, strict=True)
     ]
     response = TranslateResponse(
@@ -73,7 +73,7 @@ def translate(state: ServiceState, req: TranslateRequest, resolved: Resolved) ->
         top = torch.topk(probs, req.top_k, dim=-1)
         response.logit_lens = [
             [
-                LensEntry(token=tgt.tokenizer.decode([int(i)]), id=int(i), prob=float(p))
+                LensEntry(token=tgt.decode_continuation([int(i)]), id=int(i), prob=float(p))
                 for p, i in zip(row_p, row_i, strict=True)
             ]
             for row_p, row_i in zip(top.values, top.indices, strict=True)
@@ -89,6 +89,7 @@ def translate(state: ServiceState, req: TranslateRequest, resolved: Resolved) ->
         values = [c for c in per if c is not None]
         response.native_cosine = NativeCosine(per_position=per, mean=sum(values) / len(values) if values else None)
     timings["total"] = (time.perf_counter() - t0) * 1e3
+    response.timings_ms = timings
     return response
 
 

@@ -57,6 +57,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
 
     models = {"a": _load(args.source, args), "b": _load(args.target, args)}
+    calib = _within_positions(calib, list(models.values()), margin=args.probe_tokens + 16)
     directions = [("a", "b")] + ([("b", "a")] if args.directions == "both" else [])
     plans: list[tuple[str, str, list[tuple[int, int]], set[tuple[int, int]]]] = []
     needed: dict[str, set[int]] = {"a": set(), "b": set()}
@@ -131,6 +132,27 @@ def cmd_fit(args: argparse.Namespace) -> int:
     print(fit_markdown(rows, timings))
     print(f"wrote {len(rows)} maps and {store.manifest_path}")
     return 0
+
+
+def _within_positions(items: list[Item], models: list[LoadedModel], margin: int) -> list[Item]:
+    """The passages every model can read with ``margin`` positions to spare (probes read after them); says how many
+    were skipped."""
+    kept = [
+        it
+        for it in items
+        if all(
+            m.max_positions is None or 1 + len(m.tokenize(it.context)[0]) + margin <= m.max_positions for m in models
+        )
+    ]
+    if len(kept) < len(items):
+        limits = ", ".join(f"{m.name} {m.max_positions}" for m in models)
+        print(
+            f"note: skipped {len(items) - len(kept)} passages longer than the models' positions ({limits})",
+            file=sys.stderr,
+        )
+    if not kept:
+        raise ValueError("no calibration passage fits the models' positions")
+    return kept
 
 
 def _through(target: LoadedModel, calib: list[Item], args: argparse.Namespace, timings: dict[str, float]) -> Through:

@@ -43,6 +43,8 @@ def encode(model: LoadedModel, texts: list[str], layers: list[int], batch_size: 
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
         tokenized = [model.tokenize(t) for t in chunk]
+        for ids_, _ in tokenized:
+            model.check_positions(1 + len(ids_), f"a text of {len(ids_)} tokens for {model.name}")
         width = 1 + max(len(ids) for ids, _ in tokenized)
         ids = torch.zeros(len(chunk), width, dtype=torch.long)
         valid = torch.zeros(len(chunk), width, dtype=torch.bool)

@@ -31,6 +31,10 @@ def cache_home() -> Path:
     return Path(os.environ.get("INTERLINGUA_HOME", Path.home() / ".cache" / "interlingua"))
 
 
+class ContextLengthError(ValueError):
+    """A sequence longer than a model's positions."""
+
+
 class ModelSpecError(ValueError):
     """A model spec that names nothing loadable."""
 
@@ -98,6 +102,18 @@ class LoadedModel:
         """Token ids and character spans of ``text``, without special tokens."""
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+    @property
+    def max_positions(self) -> int | None:
+        """The most positions the model was built for (its rotary/positional range), or None if it names none."""
+        value = getattr(self.model.config, "max_position_embeddings", None)
+        return int(value) if value else None
+
+    def check_positions(self, n: int, what: str) -> None:
+        """Refuse a sequence of ``n`` positions beyond the model's range, naming the limit."""
+        limit = self.max_positions
+        if limit is not None and n > limit:
+            raise ContextLengthError(f"{what} needs {n} positions; {self.name} takes at most {limit}")
 
     def decode(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))

@@ -30,6 +30,8 @@ def _job(state: ServiceState, req: GenerateRequest, resolved: Resolved) -> Gener
 
     def build() -> tuple[Prompt, dict[str, float], int]:
         handover = prepare(src, tgt, req.text, req.prompt, req.mode, resolved.maps, req.op)
+        positions = 1 + handover.prompt.prefix_len + len(handover.prompt.suffix_ids) + req.max_new_tokens
+        tgt.check_positions(positions, f"this request (prompt and max_new_tokens {req.max_new_tokens})")
         return handover.prompt, handover.timings_ms, 0 if req.mode == "native" else len(handover.source_ids)
 
     params = SamplingParams(

@@ -11,7 +11,7 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import Authorized, EngineDep, MetricsDep, StateDep
-from service.api.errors import TooLargeError
+from service.api.errors import InvalidRequestError, TooLargeError
 from service.api.schemas import (
     ErrorBody,
     LensEntry,
@@ -104,6 +104,9 @@ async def post_translate(req: TranslateRequest, state: StateDep, engine: EngineD
     check_length(state, text=req.text)
     # Resolved before queueing, so unknown models or maps answer 404 without waiting for the worker.
     resolved = await run_in_threadpool(state.resolve, req.source, req.target, "replace", req.layer, req.method)
-    result: TranslateResponse = await engine.call(lambda: translate(state, req, resolved))
+    try:
+        result: TranslateResponse = await engine.call(lambda: translate(state, req, resolved))
+    except ValueError as err:  # a text the models cannot take (no tokens, longer than their positions)
+        raise InvalidRequestError(str(err)) from None
     m.tokens.labels("source").inc(len(result.tokens))
     return result

@@ -7,7 +7,9 @@ request names; the best-scored candidate wins (lowest proxy KL where the fit mea
 - ``embeds`` enters at layer 0: the best map into layer 0 (a helper map into layer 0 when nothing else is there);
 - ``replace``, ``last_token``: the best map into the named layer, or, with no layer named, the best map into a layer
   above 0 (layer 0 would make ``replace`` the same as ``embeds``), else into 0;
-- ``full``: as ``replace``, among maps whose method also has the per-layer maps into every layer below.
+- ``full``: as ``replace``, among maps whose method also has the per-layer maps into every layer below;
+- ``translate`` (``/translate``): any layer; the pair's default map when nothing is named.
+Among equals the pair's default map (the manifest's) comes first.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ def score(entry: dict[str, Any]) -> float:
     return -float(metrics.get("r2", float("-inf")))
 
 
-def _per_layer(entries: list[dict[str, Any]], key: MapKey, n_src: int, n_tgt: int) -> list[MapKey] | None:
+def _per_layer(entries: list[dict[str, Any]], key: MapKey, n_src: int, n_tgt: int) -> tuple[list[MapKey], str]:
+    """The per-layer maps ``full`` needs below ``key``'s target layer, and the first one missing ("" if none)."""
     have = {(e["source_layer"], e["target_layer"], e["method"]) for e in entries}
     chain = [
         MapKey(key.source, key.target, matching_layer(k, n_tgt, n_src), k, key.method) for k in range(key.target_layer)
     ]
-    return chain if all((k.source_layer, k.target_layer, k.method) in have for k in chain) else None
+    lacking = [k.relpath for k in chain if (k.source_layer, k.target_layer, k.method) not in have]
+    return chain, lacking[0] if lacking else ""
 
 
 def choose(
@@ -45,8 +49,12 @@ def choose(
     layer: int | None = None,
     method: str | None = None,
     source_layer: int | None = None,
+    default: dict[str, Any] | None = None,
 ) -> tuple[MapKey, list[MapKey]]:
-    """(the map whose target layer is the injection layer, the per-layer maps ``full`` needs below it)."""
+    """(the map whose target layer is the injection layer, the per-layer maps ``full`` needs below it).
+
+    ``mode`` may also be ``translate`` (any layer: the pair's default map unless a layer or method is named).
+    Preference: the named ``source_layer``, then the pair's ``default`` (manifest entry), then the score."""
     if mode == "embeds":
         if layer not in (None, 0):
             raise ValueError(f"mode 'embeds' injects at layer 0, got layer={layer}")
@@ -58,28 +66,43 @@ def choose(
         e for e in pair if (method is None or e["method"] == method) and (layer is None or e["target_layer"] == layer)
     ]
     candidates = [e for e in named if not e.get("helper")]
-    if layer is None and any(e["target_layer"] > 0 for e in candidates):
+    if mode != "translate" and layer is None and any(e["target_layer"] > 0 for e in candidates):
         candidates = [e for e in candidates if e["target_layer"] > 0]
     if mode == "embeds" and not candidates:
         candidates = named  # helper maps into layer 0 still hand over embeddings
     chains: dict[str, list[MapKey]] = {}
+    missing: list[str] = []
     if mode == "full":
         kept = []
         for e in candidates:
             key = _key(e)
-            chain = _per_layer(pair, key, n_src, n_tgt)
-            if chain is not None:
+            chain, lacking = _per_layer(pair, key, n_src, n_tgt)
+            if lacking:
+                missing.append(lacking)
+            else:
                 chains[key.relpath] = chain
                 kept.append(e)
         candidates = kept
     if not candidates:
         have = sorted({(e["target_layer"], e["method"]) for e in pair if not e.get("helper")})
-        need = " with per-layer maps into every layer below (fit with --full)" if mode == "full" else ""
+        need = (
+            f" with per-layer maps into every layer below (missing {', '.join(missing)}; fit with --full)"
+            if mode == "full"
+            else ""
+        )
         raise MapNotFoundError(
             f"no {method or 'map'} into {target} layer {'any' if layer is None else layer} for {source} -> "
             f"{target} in mode {mode!r}{need}; available (target layer, method): {have}"
         )
-    best = min(candidates, key=lambda e: (source_layer is not None and e["source_layer"] != source_layer, score(e)))
+    default = default or {}
+
+    def is_default(e: dict[str, Any]) -> bool:
+        return all(default.get(k) == e[k] for k in ("source_layer", "target_layer", "method"))
+
+    best = min(
+        candidates,
+        key=lambda e: (source_layer is not None and e["source_layer"] != source_layer, not is_default(e), score(e)),
+    )
     key = _key(best)
     return key, chains.get(key.relpath, [])
 

@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
     service = state or ServiceState(settings)
     engine = Engine(settings.queue_size, settings.max_batch)
     meter = Metrics(lambda: engine.depth)
+    engine.on_stop = lambda reason: meter.stopped.labels(reason).inc()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

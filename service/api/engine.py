@@ -78,12 +78,13 @@ class CallJob:
 
 
 class Engine:
-    def __init__(self, queue_size: int, max_batch: int) -> None:
+    def __init__(self, queue_size: int, max_batch: int, on_stop: Callable[[str], None] | None = None) -> None:
         self.jobs: queue.Queue[GenerateJob | CallJob | None] = queue.Queue(maxsize=queue_size)
         self.max_batch = max_batch
         self.pending: deque[GenerateJob | CallJob | None] = deque()
         self.current: list[GenerateJob] = []  # the batch being decoded
         self.closing = False
+        self.on_stop = on_stop  # told why each job stopped early: abandoned, timeout, not_ready
         self.thread = threading.Thread(target=self._run, name="interlingua-worker", daemon=True)
 
     def start(self) -> None:
@@ -162,7 +163,7 @@ class Engine:
         ready: list[tuple[GenerateJob, Prompt, dict[str, float], int]] = []
         for job in batch:
             if job.should_stop():  # gone, or past its deadline, while it waited
-                job.finish_stopped()
+                self._finish_stopped(job)
                 continue
             try:
                 prompt, timings, source_tokens = job.build()
@@ -179,7 +180,7 @@ class Engine:
             for event in stream:
                 job, _, timings, source_tokens = ready[event.index]
                 if event.finished and event.completion is None:  # stopped from outside
-                    job.finish_stopped()
+                    self._finish_stopped(job)
                     continue
                 job.emit("delta", event)
                 if event.completion is not None:
@@ -191,6 +192,11 @@ class Engine:
                 job.emit("error", err)
         finally:
             self.current = []
+
+    def _finish_stopped(self, job: GenerateJob) -> None:
+        job.finish_stopped()
+        if self.on_stop is not None:
+            self.on_stop("abandoned" if job.abandoned else job.stopped.kind if job.stopped else "unknown")
 
     @staticmethod
     def _stopper(ready: list[tuple[GenerateJob, Prompt, dict[str, float], int]]) -> Callable[[int], bool]:

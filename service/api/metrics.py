@@ -21,6 +21,12 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         )
         self.tokens = Counter("interlingua_tokens_total", "tokens processed", ["kind"], registry=self.registry)
+        self.stopped = Counter(
+            "interlingua_stopped_total",
+            "generate requests stopped early: client gone (abandoned), past the deadline (timeout), shutdown",
+            ["reason"],
+            registry=self.registry,
+        )
         self.queue = Gauge("interlingua_queue_depth", "requests waiting for the model worker", registry=self.registry)
         self.queue.set_function(queue_depth)
 

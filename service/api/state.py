@@ -221,7 +221,10 @@ class ServiceState:
                 f"{sorted({e['source'] + ' -> ' + e['target'] for e in self.served})}"
             )
         try:
-            key, below = choose(self.served, source, target, mode, src.n_layers, tgt.n_layers, layer, method)
+            default = self.defaults.get(f"{source}__{target}")
+            key, below = choose(
+                self.served, source, target, mode, src.n_layers, tgt.n_layers, layer, method, default=default
+            )
         except ValueError as err:
             raise InvalidRequestError(str(err)) from None
         except MapNotFoundError as err:

@@ -43,6 +43,12 @@ def test_each_mode_gets_its_best_map() -> None:
     )
 
 
+def test_translate_takes_the_pairs_default_at_any_layer() -> None:
+    default = {"source_layer": 6, "target_layer": 0, "method": "linear"}
+    assert choose(STORE, "a", "b", "translate", N_SRC, N_TGT, default=default) == (key(6, 0, "linear"), [])
+    assert choose(STORE, "a", "b", "translate", N_SRC, N_TGT) == (key(4, 2, "distill"), [])  # best score otherwise
+
+
 def test_named_layer_method_and_source_layer_narrow_the_choice() -> None:
     assert choose(STORE, "a", "b", "replace", N_SRC, N_TGT, layer=0) == (key(4, 0, "distill"), [])
     assert choose(STORE, "a", "b", "embeds", N_SRC, N_TGT, method="linear") == (key(6, 0, "linear"), [])

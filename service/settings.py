@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     prepare_maps: bool = Field(
         True,
         description="when the store has no maps for the loaded models: install the bundled default maps fitted for "
-        "them (matched by fingerprint), else fit a small default set",
+        "them (matched by fingerprint)",
     )
     default_maps: Path = Field(
         Path(__file__).resolve().parent / "default_maps", description="the bundled default map store"

@@ -70,13 +70,18 @@ class ServiceState:
                 )
                 self.backends[alias] = make_backend(self.settings.backend_for(alias), self.models[alias], self.settings)
             fingerprints = {alias: m.fingerprint for alias, m in self.models.items()}
-            missing = self.settings.prepare_maps and len(self.models) >= 2 and not self.store.for_models(fingerprints)
-            if missing and not self._install_bundled(fingerprints):
-                self.detail = "fitting a default map set (no maps found)"
-                log.info(self.detail)
-                self._prepare_default_maps()
+            if self.settings.prepare_maps and len(self.models) >= 2 and not self.store.for_models(fingerprints):
+                self.detail = "installing the bundled default maps"
+                self._install_bundled(fingerprints)
             self.refresh_maps()
             self.status, self.detail = "ready", "models and maps loaded"
+            if len(self.models) >= 2 and not self.served:
+                specs = list(self.settings.model_specs.values())
+                self.detail = (
+                    f"models loaded; no maps for them in {self.store.root} (only mode 'native' serves): fit some with "
+                    f"`interlingua-calibrate fit --source {specs[0]} --target {specs[1]} --out {self.store.root}`"
+                )
+                log.warning(self.detail)
             log.info(
                 "ready: %d models, %d maps served, %d refused", len(self.models), len(self.served), len(self.refused)
             )
@@ -94,32 +99,6 @@ class ServiceState:
         if found:
             log.info("installed %d bundled default maps into %s", len(found), self.store.root)
         return len(found)
-
-    def _prepare_default_maps(self) -> None:
-        from calibrate.cli import main as calibrate
-
-        spec_a, spec_b = list(self.settings.model_specs.values())[:2]
-        args = [
-            "fit",
-            "--source",
-            spec_a,
-            "--target",
-            spec_b,
-            "--samples",
-            "300",
-            "--layers",
-            "8",
-            "--target-layers",
-            "4",
-            "--methods",
-            "affine,procrustes",
-            "--out",
-            str(self.settings.maps),
-            "--dtype",
-            self.settings.dtype,
-        ]
-        if calibrate(args) != 0:
-            raise RuntimeError("default map fitting failed (see log)")
 
     def refresh_maps(self) -> None:
         """Serve every map fitted for the loaded models, matched by fingerprint whatever the store calls them, after

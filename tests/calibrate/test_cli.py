@@ -209,16 +209,30 @@ def test_console_script_help() -> None:
     assert "--target-layers" in done.stdout and "builtin:fictional-qa" in done.stdout
 
 
-def test_embeds_falls_back_to_the_per_layer_map_into_layer_0(
-    fitted: tuple[Path, Path, list[str]], tiny: dict[str, LoadedModel]
+def test_eval_scores_the_maps_the_server_would_serve(
+    fitted: tuple[Path, Path, list[str]], tiny_dirs: dict[str, Path], tiny: dict[str, LoadedModel]
 ) -> None:
     from calibrate.evaluate import _maps_for
+    from service.api.state import ServiceState
+    from service.settings import Settings
 
     out, _, _ = fitted
     store = MapStore(out)
     src, tgt = tiny["llama"], tiny["gemma3"]
-    direct = _maps_for(store, src, tgt, MapKey("llama", "gemma3", 2, 1, "affine"), "embeds")
-    assert direct is not None and [(m.source_layer, m.target_layer) for m in direct] == [(2, 0)]
-    # No map leaves source layer 3: the per-layer map into layer 0 (source layer at matching depth) stands in.
+    state = ServiceState(
+        Settings(models=f"llama={tiny_dirs['llama']},gemma3={tiny_dirs['gemma3']}", maps=out, prepare_maps=False)
+    )
+    state.load()
+    for mode, layer in (("embeds", 0), ("replace", 1), ("full", 1), ("last_token", 1)):
+        for method in ("affine", "procrustes"):
+            served = state.resolve("llama", "gemma3", mode, layer, method)
+            key = MapKey("llama", "gemma3", served.source_layer or 0, layer, method)
+            scored = _maps_for(store, src, tgt, key, mode)
+            assert scored is not None
+            assert sorted((m.source_layer, m.target_layer) for m in scored) == sorted(
+                (m.source_layer, m.target_layer) for m in served.maps
+            ), (mode, method)
+    # A source layer with no map into layer 0: eval, like the server, takes the best map of the method into it.
     fallback = _maps_for(store, src, tgt, MapKey("llama", "gemma3", 3, 1, "affine"), "embeds")
-    assert fallback is not None and [(m.source_layer, m.target_layer) for m in fallback] == [(0, 0)]
+    best = state.resolve("llama", "gemma3", "embeds", None, "affine")
+    assert fallback is not None and [(m.source_layer, m.target_layer) for m in fallback] == [(best.source_layer, 0)]

@@ -10,7 +10,7 @@ import pytest
 from service.runtime.loading import LoadedModel, load_model
 from tests.tiny import save_tiny
 
-ARCHS = ("llama", "mistral", "gemma3")
+ARCHS = ("llama", "mistral", "gemma3", "qwen2", "qwen3")
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +21,8 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "llama": save_tiny(root / "llama", "llama", vocab_size=400, seed=0),
         "mistral": save_tiny(root / "mistral", "mistral", vocab_size=300, seed=1),
         "gemma3": save_tiny(root / "gemma3", "gemma3", vocab_size=500, seed=2),
+        "qwen2": save_tiny(root / "qwen2", "qwen2", vocab_size=350, seed=3),
+        "qwen3": save_tiny(root / "qwen3", "qwen3", vocab_size=450, seed=4),
     }
 
 

@@ -19,6 +19,10 @@ from transformers import (
     MistralForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 _VOCAB = """
@@ -86,6 +90,11 @@ def make_model(arch: str, vocab: int, layers: int = 4, hidden: int = 128, seed: 
         model = Gemma3ForCausalLM(
             Gemma3TextConfig(**common, sliding_window=6, layer_types=types, query_pre_attn_scalar=64)
         )
+    elif arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=False))
+    elif arch == "qwen3":
+        # Sliding blocks below max_window_layers, full ones above: the windows must follow layer_types.
+        model = Qwen3ForCausalLM(Qwen3Config(**common, use_sliding_window=True, sliding_window=6, max_window_layers=2))
     else:
         raise ValueError(arch)
     # Random init with std 0.02 gives near-uniform logits; larger weights make greedy choices decisive and distinct.

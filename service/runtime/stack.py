@@ -9,8 +9,8 @@ Handing states over needs what ``model.forward`` cannot do: some blocks see toke
 leaves blocks <= ℓ blind to the prefix), so each block keeps its own keys, their absolute positions and a validity
 flag, and every block gets its own mask (causal by position, sliding window where the model has one). Rotary
 embeddings come from the model's own rotary module per layer type (Llama 3.1 scaling, Gemma3 local/global bases).
-Works for Llama-style decoders exposing ``model.model.{embed_tokens, layers, norm, rotary_emb}`` and ``lm_head``
-(Llama, Mistral, Qwen2, Gemma3 text, ...).
+Where a model keeps these parts and how its blocks are windowed comes from its family adapter
+(``service.runtime.families``: Llama, Mistral, Qwen2, Qwen3, Gemma 3 text).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from service.runtime.families import family_for
 
 
 @dataclass
@@ -98,15 +100,13 @@ class LayerStack:
         # transformers models resolve submodules dynamically; typed as Any rather than casting at every access.
         self.model = model
         self.config = model.config
-        inner = model.model
-        for name in ("embed_tokens", "layers", "norm", "rotary_emb"):
-            if not hasattr(inner, name):
-                raise TypeError(f"{type(model).__name__} has no model.{name}: not a supported decoder architecture")
-        self.embed_tokens: Any = inner.embed_tokens
-        self.layers: Any = inner.layers
-        self.norm: Any = inner.norm
-        self.rotary_emb: Any = inner.rotary_emb
-        self.lm_head: Any = model.lm_head
+        self.family = family_for(model)
+        parts = self.family.parts(model)
+        self.embed_tokens: Any = parts.embed_tokens
+        self.layers: Any = parts.layers
+        self.norm: Any = parts.norm
+        self.rotary_emb: Any = parts.rotary_emb
+        self.lm_head: Any = parts.lm_head
         self.n_layers = len(self.layers)
         self.hidden_size = int(self.config.hidden_size)
         self.softcap = getattr(self.config, "final_logit_softcapping", None)
@@ -114,14 +114,7 @@ class LayerStack:
             getattr(self.config, "layer_types", None) or ["full_attention"] * self.n_layers
         )
         self._rotary_takes_type = "layer_type" in inspect.signature(self.rotary_emb.forward).parameters
-        sliding = getattr(self.config, "sliding_window", None)
-        self.windows: list[int | None] = []
-        for i in range(self.n_layers):
-            # Mistral-style configs set sliding_window for every block without layer_types.
-            is_sliding = self.layer_types[i] == "sliding_attention" or (
-                sliding is not None and getattr(self.config, "layer_types", None) is None
-            )
-            self.windows.append(int(sliding) if is_sliding and sliding else None)
+        self.windows: list[int | None] = self.family.windows(self.config, self.n_layers)
 
     @property
     def device(self) -> torch.device:

@@ -176,3 +176,14 @@ def test_last_token_with_own_state_is_native_and_ops_differ(tiny: dict[str, Load
     mean = Prompt("last_token", sfx, layer=2, last_state=states[2][-1], op="mean")
     torch.testing.assert_close(prefill_logits(m, mean), prefill_logits(m, native), atol=1e-4, rtol=1e-4)
     assert not torch.allclose(prefill_logits(m, summed), prefill_logits(m, native), atol=1e-3)
+
+
+def test_an_unsupported_architecture_gets_one_clear_error() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from service.runtime.families import UnsupportedArchitectureError
+    from service.runtime.stack import LayerStack
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=64, n_head=1, vocab_size=50))
+    with pytest.raises(UnsupportedArchitectureError, match=r"model_type 'gpt2'.*supported: llama, mistral, qwen2"):
+        LayerStack(model)

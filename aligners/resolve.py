@@ -90,9 +90,10 @@ def choose(
             if mode == "full"
             else ""
         )
+        into = "any layer" if layer is None else f"layer {layer}"
         raise MapNotFoundError(
-            f"no {method or 'map'} into {target} layer {'any' if layer is None else layer} for {source} -> "
-            f"{target} in mode {mode!r}{need}; available (target layer, method): {have}"
+            f"no {method + ' ' if method else ''}map into {target} {into} for {source} -> {target} in mode "
+            f"{mode!r}{need}; available (target layer, method): {have}"
         )
     default = default or {}
 

@@ -15,7 +15,11 @@ def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", summary="Readiness: 200 once models and maps are loaded, else 503 with what is missing")
+@router.get(
+    "/ready",
+    summary="Readiness: 200 once models and maps are loaded, else 503 with what is missing",
+    responses={503: {"description": "still loading, or loading failed (same body as 200)"}},
+)
 def ready(state: StateDep) -> JSONResponse:
     body = {
         "status": state.status,

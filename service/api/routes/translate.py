@@ -22,11 +22,11 @@ from service.api.schemas import (
     TranslateResponse,
 )
 from service.api.state import Resolved, ServiceState
+from service.runtime.diagnostics import logit_lens, native_cosine
 from service.runtime.encode import encode
-from service.runtime.pairing import pair_indices
 
 router = APIRouter(tags=["translate"], dependencies=[Authorized])
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 404, 413, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 422, 503, 504)}
 
 
 def check_length(state: ServiceState, **texts: str) -> None:
@@ -68,26 +68,12 @@ def translate(state: ServiceState, req: TranslateRequest, resolved: Resolved) ->
     elif req.return_states == "list":
         response.states = States(dtype="float32", shape=list(mapped.shape), encoding="list", data=mapped.tolist())
     if req.top_k:
-        # Logit lens: B's final norm and LM head applied to the mapped states.
-        probs = torch.softmax(tgt.stack.logits(mapped.to(tgt.stack.dtype)), dim=-1)
-        top = torch.topk(probs, req.top_k, dim=-1)
         response.logit_lens = [
-            [
-                LensEntry(token=tgt.decode_continuation([int(i)]), id=int(i), prob=float(p))
-                for p, i in zip(row_p, row_i, strict=True)
-            ]
-            for row_p, row_i in zip(top.values, top.indices, strict=True)
+            [LensEntry(token=t, id=i, prob=p) for t, i, p in row] for row in logit_lens(tgt, mapped, req.top_k)
         ]
     if req.compare_native:
-        native = encode(tgt, [req.text], [layer_map.target_layer])[0]
-        si, ti = pair_indices(enc.offsets, native.offsets)
-        per: list[float | None] = [None] * len(enc.ids)
-        if si:
-            cos = torch.nn.functional.cosine_similarity(mapped[si], native.states[layer_map.target_layer][ti].float())
-            for k, c in zip(si, cos.tolist(), strict=True):
-                per[k] = c
-        values = [c for c in per if c is not None]
-        response.native_cosine = NativeCosine(per_position=per, mean=sum(values) / len(values) if values else None)
+        per, mean = native_cosine(tgt, req.text, layer_map.target_layer, mapped, enc.offsets)
+        response.native_cosine = NativeCosine(per_position=per, mean=mean)
     timings["total"] = (time.perf_counter() - t0) * 1e3
     response.timings_ms = timings
     return response

@@ -21,6 +21,7 @@ from aligners.store import matching_layer
 from service.runtime.generate import SamplingParams, stream_batch
 from service.runtime.handover import LayerMap, prepare
 from service.runtime.loading import LoadedModel, load_model
+from service.runtime.modes import HANDOVER_MODES
 
 CONTEXT = (
     "Ysolde Marrow founded the Quillmere Lighthouse Company in 1874, three years after the harbor of Quillmere was "
@@ -63,7 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default="smollm2")
     parser.add_argument("--target", default="gemma3")
-    parser.add_argument("--mode", default="replace", choices=["replace", "full", "embeds", "last_token"])
+    parser.add_argument("--mode", default="replace", choices=HANDOVER_MODES)
     parser.add_argument("--source-layer", type=int, default=8)
     parser.add_argument("--target-layer", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=32)

@@ -26,6 +26,7 @@ from calibrate.fit import METHODS, TRAINED, Side, layer_pairs, split_passages, s
 from calibrate.layers import check_range, parse_layers
 from calibrate.probes import PROBE_KINDS, make_probes
 from service.runtime.loading import LoadedModel, ModelSpecError, cache_home, load_model
+from service.runtime.modes import HANDOVER_MODES
 
 DEFAULT_DATA = "builtin:fictional-qa"
 
@@ -219,7 +220,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.maps}: the calibration record lacks the models' layer counts (refit to export)")
     keys: set[MapKey] = set()
     for source, target in sorted({(e["source"], e["target"]) for e in store.entries()}):
-        for mode in ("embeds", "replace", "full", "last_token"):
+        for mode in HANDOVER_MODES:
             try:
                 main, below = choose(store.entries(), source, target, mode, n_layers[source], n_layers[target])
             except MapNotFoundError as err:

@@ -33,8 +33,9 @@ from aligners import Aligner, Distill
 from aligners.modules import MapModule
 from calibrate.probes import Probe
 from service.runtime.encode import Encoded
-from service.runtime.generate import Prefill, Prompt
+from service.runtime.generate import Prefill
 from service.runtime.loading import LoadedModel
+from service.runtime.prompt import Prompt
 from service.runtime.stack import frozen
 
 
@@ -188,7 +189,7 @@ class Through:
                 if states.shape[0] == 0:
                     continue
                 mapped = map_fn(states.to(stack.device)).to(stack.dtype)
-                prompts.append(Prompt(mode_for(lt), p.ids, layer=lt, states=mapped))  # type: ignore[arg-type]
+                prompts.append(Prompt(mode_for(lt), p.ids, layer=lt, states=mapped))
                 used.append(i)
             if not prompts:
                 return torch.zeros((), requires_grad=grad), 0.0

@@ -31,10 +31,11 @@ from calibrate.data import Item, read_items, split_items
 from calibrate.layers import parse_layers
 from calibrate.report import heatmap
 from calibrate.scoring import exact_match, f1_score, first_line
-from service.runtime.encode import encode
-from service.runtime.generate import Prompt, SamplingParams, generate, suffix_nll
+from service.runtime.generate import SamplingParams, generate, suffix_nll
 from service.runtime.handover import LayerMap, prepare
 from service.runtime.loading import LoadedModel, load_model
+from service.runtime.modes import HANDOVER_MODES, get_mode
+from service.runtime.prompt import Prompt
 
 _CHAT: dict[int, Any] = {}  # id(tokenizer) -> tokenizer whose chat template wraps the question (``--chat``)
 
@@ -129,29 +130,17 @@ def alone_builder(target: LoadedModel) -> PromptBuilder:
 
 
 def identity_builder(target: LoadedModel, mode: str, layer: int) -> PromptBuilder:
-    """The target's own states handed to itself: a perfect map, the same layer and mode."""
+    """The target's own states handed to itself: a perfect map, the same layer and mode (``HandoverMode.identity``)."""
 
     def build(text: str, suffix: str) -> Prompt:
-        enc = encode(target, [text], list(range(layer + 1)))[0]
-        sfx = target.tokenize(suffix)[0]
-        if mode == "full":
-            return Prompt(
-                "full",
-                sfx,
-                layer=layer,
-                states=enc.states[layer],
-                layer_states={k: enc.states[k] for k in range(layer)},
-            )
-        if mode == "last_token":
-            return Prompt("last_token", sfx, layer=layer, last_state=enc.states[layer][-1])
-        return Prompt(mode, sfx, layer=layer, states=enc.states[layer])  # type: ignore[arg-type]
+        return get_mode(mode).identity(target, text, target.tokenize(suffix)[0], layer)
 
     return build
 
 
 def translated_builder(source: LoadedModel, target: LoadedModel, mode: str, maps: list[LayerMap]) -> PromptBuilder:
     def build(text: str, suffix: str) -> Prompt:
-        return prepare(source, target, text, suffix, mode, maps).prompt  # type: ignore[arg-type]
+        return prepare(source, target, text, suffix, mode, maps).prompt
 
     return build
 
@@ -161,7 +150,7 @@ def _maps_for(
 ) -> list[LayerMap] | None:
     """The maps a mode needs for this key's method and layers, chosen as the server chooses them (``choose``), or
     None when the store lacks them (``full`` needs per-layer maps)."""
-    layer = 0 if mode == "embeds" else key.target_layer
+    layer = get_mode(mode).layer_for(key.target_layer)
     try:
         main, below = choose(
             store.entries(), key.source, key.target, mode, source.n_layers, target.n_layers, layer, key.method,
@@ -264,14 +253,14 @@ def evaluate_direction(
     for method, row in tqdm(sorted(best.items()), desc=f"modes {source.name}->{target.name}", unit="method"):
         key = MapKey(row["source"], row["target"], row["source_layer"], row["target_layer"], method)
         for mode in modes:
-            layer = 0 if mode == "embeds" else key.target_layer
+            layer = get_mode(mode).layer_for(key.target_layer) or 0
             maps = _maps_for(store, source, target, key, mode)
             if maps is None:
                 translated.append({**key.as_dict(), "mode": mode, "missing": "maps not in store"})
                 continue
             # last_token places its vector after every scored continuation token: its NLL would be the no-context
             # NLL by construction, so none is reported.
-            with_nll = mode != "last_token"
+            with_nll = get_mode(mode).scores_continuation
             builder = translated_builder(source, target, mode, maps)
             scores = batched(target, builder, items, params, batch_size, with_nll)
             if texts and with_nll:
@@ -365,9 +354,9 @@ def run_eval(args: argparse.Namespace) -> int:
         for name, info in calib["models"].items()
     }
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    bad = [m for m in modes if m not in ("replace", "full", "last_token", "embeds")]
+    bad = [m for m in modes if m not in HANDOVER_MODES]
     if bad:
-        raise ValueError(f"unknown mode(s) {bad}; choose from replace, full, last_token, embeds")
+        raise ValueError(f"unknown mode(s) {bad}; choose from {', '.join(HANDOVER_MODES)}")
     params = SamplingParams(max_new_tokens=args.max_new_tokens)
     out = Path(args.out or args.maps)
     pairs = sorted({(e["source"], e["target"]) for e in manifest["maps"]})

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from calibrate.data import Item
-from service.runtime.generate import Prompt, SamplingParams, generate
+from service.runtime.generate import SamplingParams, generate
 from service.runtime.loading import LoadedModel
+from service.runtime.prompt import Prompt
 
 PROBE_KINDS = ("continuation", "repeat", "qa")
 REPEAT_PROMPT = "\n\nRepeat the text above.\n"

@@ -21,7 +21,8 @@ from typing import Any
 
 from service.api.errors import BusyError, DeadlineError, NotReadyError, ServiceError
 from service.backends import Backend
-from service.runtime.generate import Prompt, SamplingParams
+from service.runtime.generate import SamplingParams
+from service.runtime.prompt import Prompt
 
 log = logging.getLogger("interlingua")
 

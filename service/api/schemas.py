@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from service.runtime.modes import MODES
 
 SEED_MAX = 2**63 - 1  # torch generators take a signed 64-bit seed
 STOP_MAX_CHARS = 256
@@ -22,7 +24,10 @@ def _unicode(text: str) -> str:
 Text = Annotated[str, AfterValidator(_unicode)]
 StopString = Annotated[str, Field(min_length=1, max_length=STOP_MAX_CHARS), AfterValidator(_unicode)]
 
-HandoverMode = Literal["replace", "full", "last_token", "embeds", "native"]
+if TYPE_CHECKING:
+    HandoverMode = str
+else:
+    HandoverMode = Literal[tuple(MODES)]  # the modes registry's names, as an enum in the schema
 
 TEXT_EXAMPLE = "Ysolde Marrow built a lighthouse in Quillmere in 1874. It was later run by Corin Aske."
 

@@ -22,6 +22,7 @@ from service.api.errors import InvalidRequestError, NotFoundError, NotReadyError
 from service.backends import Backend, make_backend
 from service.runtime.handover import LayerMap
 from service.runtime.loading import LoadedModel, load_model
+from service.runtime.modes import get_mode
 from service.settings import Settings
 
 log = logging.getLogger("interlingua")
@@ -190,7 +191,7 @@ class ServiceState:
     def resolve(self, source: str, target: str, mode: str, layer: int | None, method: str | None) -> Resolved:
         """The maps a handover needs (none for ``native``), chosen by ``aligners.resolve.choose``."""
         src, tgt = self.model(source), self.model(target)
-        if mode == "native":
+        if mode != "translate" and not get_mode(mode).uses_maps:
             return Resolved([], None, None, None)
         if layer is not None and layer >= tgt.n_layers:
             raise InvalidRequestError(f"layer must be in [0, {tgt.n_layers - 1}] for {target}, got {layer}")

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
-from service.runtime.generate import Prompt, SamplingParams, StepEvent, stream_batch
+from service.runtime.generate import SamplingParams, StepEvent, stream_batch
 from service.runtime.loading import LoadedModel
+from service.runtime.prompt import Prompt
 
 if TYPE_CHECKING:
     from service.settings import Settings

@@ -15,8 +15,10 @@ from typing import Any, Literal
 
 import torch
 
-from service.runtime.generate import Completion, Prompt, SamplingParams, StepEvent, check_prompt
+from service.runtime.generate import Completion, SamplingParams, StepEvent, check_prompt
 from service.runtime.loading import LoadedModel, resolve_spec
+from service.runtime.modes import get_mode
+from service.runtime.prompt import Prompt
 
 
 class VLLMUnavailableError(RuntimeError):
@@ -80,7 +82,7 @@ class VLLMBackend:
             engine.engine_core.shutdown()
 
     def supports(self, mode: str, layer: int) -> bool:
-        return mode == "native" or (mode in ("embeds", "replace") and layer == 0)
+        return get_mode(mode).on_input_embeddings(layer)
 
     def engine_prompt(self, prompt: Prompt) -> dict[str, Any]:
         """The vLLM prompt for a runtime prompt: token ids, or token ids mixed with embedding rows."""

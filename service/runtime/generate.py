@@ -1,16 +1,6 @@
-"""Continue generation in the target model from a handed-over prefix.
-
-Modes (layer ℓ per ``service.runtime.stack``'s convention):
-    native      B reads the text itself: [start] + text ids + suffix ids.
-    replace     B's start token at position 0 through all blocks; the mapped states take positions 1..n and enter at ℓ;
-                blocks <= ℓ hold nothing for them; the suffix (e.g. the question) is read natively after them.
-    full        like replace, but blocks <= ℓ also receive the prefix: block k <= ℓ gets ``layer_states[k-1]`` (the
-                prefix's input states to that block, from per-layer maps) and computes its own keys and values.
-    embeds      ℓ = 0: the mapped states are B's input embeddings, between B's start token and the suffix.
-    last_token  B reads [start] + suffix natively; at ℓ the last suffix token's state is replaced, summed or averaged
-                (``op``) with one handed-over vector (Communicating Activations, arXiv 2501.14082).
-All prompts of one batch share a mode and layer; their lengths may differ (padding is masked, positions explicit).
-"""
+"""Continue generation in the target model from a handed-over prefix: prefill (per mode, ``modes``), sampling,
+stop strings, streaming, batches of prompts that share a mode and layer (lengths may differ: padding is masked,
+positions explicit)."""
 
 from __future__ import annotations
 
@@ -21,33 +11,9 @@ from typing import Literal
 import torch
 
 from service.runtime.loading import LoadedModel
+from service.runtime.modes import get_mode
+from service.runtime.prompt import Prompt
 from service.runtime.stack import KVCache
-
-Mode = Literal["native", "replace", "full", "embeds", "last_token"]
-MODES: tuple[str, ...] = ("native", "replace", "full", "embeds", "last_token")
-LastTokenOp = Literal["replace", "sum", "mean"]
-
-
-@dataclass
-class Prompt:
-    """What the target model receives for one request."""
-
-    mode: Mode
-    suffix_ids: list[int] = field(default_factory=list)
-    layer: int = 0
-    prefix_ids: list[int] | None = None  # native: B's own tokens of the text
-    states: torch.Tensor | None = None  # replace/full/embeds: (n, d_B) states entering at `layer`
-    layer_states: dict[int, torch.Tensor] | None = None  # full: k -> (n, d_B) input of block k+1, for k < layer
-    last_state: torch.Tensor | None = None  # last_token: (d_B,)
-    op: LastTokenOp = "replace"
-
-    @property
-    def prefix_len(self) -> int:
-        if self.mode == "native":
-            return len(self.prefix_ids or [])
-        if self.mode == "last_token":
-            return 0
-        return 0 if self.states is None else int(self.states.shape[0])
 
 
 @dataclass
@@ -81,64 +47,7 @@ class StepEvent:
 
 def check_prompt(target: LoadedModel, prompt: Prompt) -> None:
     """Raise ValueError for a prompt the target cannot take (checked before any model work)."""
-    n_layers, d = target.n_layers, target.hidden_size
-    if prompt.mode not in MODES:
-        raise ValueError(f"unknown mode {prompt.mode!r}; choose one of {list(MODES)}")
-    if prompt.mode in ("replace", "full", "last_token") and not 0 <= prompt.layer < n_layers:
-        raise ValueError(
-            f"layer must be in [0, {n_layers - 1}] for {target.name} ({n_layers} blocks), got {prompt.layer}"
-        )
-    if prompt.mode == "embeds" and prompt.layer != 0:
-        raise ValueError("mode 'embeds' injects at layer 0")
-    if prompt.mode == "native" and prompt.prefix_ids is None:
-        raise ValueError("mode 'native' needs prefix_ids (the target's own tokens of the text)")
-    needs_states = prompt.mode in ("replace", "full", "embeds")
-    if needs_states and (prompt.states is None or prompt.states.dim() != 2 or prompt.states.shape[1] != d):
-        got = None if prompt.states is None else tuple(prompt.states.shape)
-        raise ValueError(f"mode {prompt.mode!r} needs states of shape (n, {d}), got {got}")
-    if prompt.mode == "full":
-        need = set(range(prompt.layer))
-        have = set(prompt.layer_states or {})
-        if have != need:
-            raise ValueError(
-                f"mode 'full' at layer {prompt.layer} needs layer_states for {sorted(need)}, got {sorted(have)}"
-            )
-        assert prompt.states is not None
-        for k, s in (prompt.layer_states or {}).items():
-            if tuple(s.shape) != tuple(prompt.states.shape):
-                raise ValueError(f"layer_states[{k}] has shape {tuple(s.shape)}, expected {tuple(prompt.states.shape)}")
-    if prompt.mode == "last_token":
-        if prompt.last_state is None or tuple(prompt.last_state.shape) != (d,):
-            raise ValueError(f"mode 'last_token' needs last_state of shape ({d},)")
-        if prompt.op not in ("replace", "sum", "mean"):
-            raise ValueError(f"op must be replace, sum or mean, got {prompt.op!r}")
-    if prompt.mode == "last_token" and not prompt.suffix_ids:
-        raise ValueError("mode 'last_token' needs a suffix (the prompt B reads) to place the handed-over state on")
-
-
-def _pad_ids(rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token rows to (B, T) ids and validity."""
-    width = max((len(r) for r in rows), default=0)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    valid = torch.zeros(len(rows), width, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        valid[i, : len(r)] = True
-    return ids.to(device), valid.to(device)
-
-
-def _pad_states(rows: list[torch.Tensor], d: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    width = max((r.shape[0] for r in rows), default=0)
-    out = torch.zeros(len(rows), width, d, dtype=dtype, device=device)
-    for i, r in enumerate(rows):
-        out[i, : r.shape[0]] = r.to(device=device, dtype=dtype)
-    return out
-
-
-def _positions(starts: list[int], valid: torch.Tensor) -> torch.Tensor:
-    """Absolute positions start_i + t for every slot t (padding slots get a harmless in-range value)."""
-    t = torch.arange(valid.shape[1], device=valid.device)
-    return torch.tensor(starts, device=valid.device)[:, None] + t[None, :]
+    get_mode(prompt.mode).check(target, prompt)
 
 
 class Prefill:
@@ -164,94 +73,9 @@ class Prefill:
 
     def run(self, capture: set[int] | None = None) -> tuple[torch.Tensor, list[int], dict[int, torch.Tensor]]:
         """Returns (last logits (B, vocab), next position per prompt, captured prefix states per layer (B, n, d))."""
-        stack, dev, n_layers = self.stack, self.stack.device, self.stack.n_layers
-        b = len(self.prompts)
-        ones = torch.ones(b, 1, dtype=torch.bool, device=dev)
-        start_ids = torch.full((b, 1), self.target.start_token_id, dtype=torch.long, device=dev)
-        zero = torch.zeros(b, 1, dtype=torch.long, device=dev)
-        captured: dict[int, torch.Tensor] = {}
+        return get_mode(self.mode).prefill(self, capture)
 
-        if self.mode == "native":
-            rows = [(p.prefix_ids or []) + p.suffix_ids for p in self.prompts]
-            ids, valid = _pad_ids(rows, dev)
-            ids = torch.cat([start_ids, ids], dim=1)
-            valid = torch.cat([ones, valid], dim=1)
-            h, cap = stack.run(
-                stack.embed(ids), 0, n_layers, _positions([0] * b, valid), valid, self.cache, None, capture
-            )
-            captured = {k: v[:, 1 : 1 + max(p.prefix_len for p in self.prompts)] for k, v in cap.items()}
-            self.tails = [h[i, p.prefix_len : p.prefix_len + 1 + len(p.suffix_ids)] for i, p in enumerate(self.prompts)]
-            return self._last_logits(h, valid), [int(v) for v in valid.sum(dim=1)], captured
-
-        if self.mode == "last_token":
-            ids, valid = _pad_ids([p.suffix_ids for p in self.prompts], dev)
-            ids, valid = torch.cat([start_ids, ids], dim=1), torch.cat([ones, valid], dim=1)
-            pos = _positions([0] * b, valid)
-            h, _ = stack.run(stack.embed(ids), 0, self.layer, pos, valid, self.cache)
-            h = h.clone()
-            for i, p in enumerate(self.prompts):
-                assert p.last_state is not None
-                last = int(valid[i].sum()) - 1
-                given = p.last_state.to(device=h.device, dtype=h.dtype)
-                h[i, last] = {"replace": given, "sum": h[i, last] + given, "mean": (h[i, last] + given) / 2}[p.op]
-            h, _ = stack.run(h, self.layer, n_layers, pos, valid, self.cache)
-            self.tails = [h[i, : 1 + len(p.suffix_ids)] for i, p in enumerate(self.prompts)]
-            return self._last_logits(h, valid), [int(v) for v in valid.sum(dim=1)], captured
-
-        # replace / full / embeds: start token through blocks <= ℓ, then [start, prefix] through blocks > ℓ.
-        layer = self.layer
-        d, dtype = stack.hidden_size, stack.dtype
-        states = _pad_states([p.states for p in self.prompts if p.states is not None], d, dtype, dev)
-        pre_valid = torch.zeros(b, states.shape[1], dtype=torch.bool, device=dev)
-        for i, p in enumerate(self.prompts):
-            pre_valid[i, : p.prefix_len] = True
-        joint_valid = torch.cat([ones, pre_valid], dim=1)
-        joint_pos = _positions([0] * b, joint_valid)
-        h0 = stack.embed(start_ids)
-        if self.mode == "full" and layer > 0:
-            # Blocks 1..ℓ see the prefix through per-layer states; the start token's own state flows through.
-            inputs = {
-                k: torch.cat(
-                    [
-                        torch.zeros(b, 1, d, dtype=dtype, device=dev),
-                        _pad_states([p.layer_states[k] for p in self.prompts if p.layer_states], d, dtype, dev),
-                    ],
-                    dim=1,
-                )
-                for k in range(layer)
-            }
-            h_start = h0
-            for k in range(layer):
-                inputs[k][:, :1] = h_start.to(inputs[k].device)
-                out, _ = stack.run(inputs[k], k, k + 1, joint_pos, joint_valid, self.cache, grad=self.grad)
-                h_start = out[:, :1]
-        else:
-            h_start, _ = stack.run(h0, 0, layer, zero, ones, self.cache)
-        joint = torch.cat([h_start.to(states.device), states], dim=1)
-        h, cap = stack.run(joint, layer, n_layers, joint_pos, joint_valid, self.cache, None, capture, self.grad)
-        captured = {k: v[:, 1:] for k, v in cap.items()}
-        next_pos = [1 + p.prefix_len for p in self.prompts]
-
-        suffix_ids, suffix_valid = _pad_ids([p.suffix_ids for p in self.prompts], dev)
-        last_prefix = [h[i, p.prefix_len : p.prefix_len + 1] for i, p in enumerate(self.prompts)]
-        if suffix_ids.shape[1] == 0:
-            self.tails = last_prefix
-            return self._last_logits(h, joint_valid), next_pos, captured
-        spos = _positions(next_pos, suffix_valid)
-        hs, _ = stack.run(stack.embed(suffix_ids), 0, n_layers, spos, suffix_valid, self.cache, grad=self.grad)
-        self.tails = [
-            torch.cat([last_prefix[i], hs[i, : len(p.suffix_ids)].to(last_prefix[i].device)])
-            for i, p in enumerate(self.prompts)
-        ]
-        logits = self._last_logits(hs, suffix_valid)
-        # Prompts without a suffix take their logits from the prefix pass.
-        no_suffix = [i for i, p in enumerate(self.prompts) if not p.suffix_ids]
-        if no_suffix:
-            from_prefix = self._last_logits(h, joint_valid)
-            logits[no_suffix] = from_prefix[no_suffix]
-        return logits, [n + len(p.suffix_ids) for n, p in zip(next_pos, self.prompts, strict=True)], captured
-
-    def _last_logits(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def last_logits(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         last = valid.sum(dim=1) - 1
         rows = h[torch.arange(h.shape[0], device=h.device), last.to(h.device)]
         return self.stack.logits(rows)

@@ -13,8 +13,9 @@ import torch
 
 from aligners import Aligner
 from service.runtime.encode import encode
-from service.runtime.generate import LastTokenOp, Mode, Prompt
 from service.runtime.loading import LoadedModel
+from service.runtime.modes import Handed, get_mode
+from service.runtime.prompt import LastTokenOp, Prompt
 
 
 @dataclass
@@ -43,30 +44,30 @@ def prepare(
     target: LoadedModel,
     text: str,
     suffix: str,
-    mode: Mode,
+    mode: str,
     maps: list[LayerMap],
     op: LastTokenOp = "replace",
 ) -> Handover:
-    """Encode ``text`` with the source, project it with ``maps`` and build the target's prompt.
+    """Encode ``text`` with the source, project it with ``maps`` and build the target's prompt (``modes``).
 
-    ``maps`` holds one map for replace/embeds/last_token (its target layer is where states enter) and, for ``full``,
-    one per target layer 0..ℓ (the deepest is the injection layer). ``native`` needs no maps: the target tokenises
+    ``maps`` holds one map per target layer the mode needs (``HandoverMode.map_layers``: the injection layer, and for
+    ``full`` every layer below it; the deepest is the injection layer). ``native`` needs no maps: the target tokenises
     ``text`` itself. ``suffix`` is read by the target natively after the handed-over prefix.
     """
+    handover_mode = get_mode(mode)
     suffix_ids, _ = target.tokenize(suffix) if suffix else ([], [])
-    if mode == "native":
+    if not handover_mode.uses_maps:
+        prompt = handover_mode.build(Handed(target, text, suffix_ids, {}, 0, op))
         ids, offsets = target.tokenize(text)
-        return Handover(Prompt("native", suffix_ids, prefix_ids=ids), ids, offsets, {"encode": 0.0, "project": 0.0})
+        return Handover(prompt, ids, offsets, {"encode": 0.0, "project": 0.0})
     if not maps:
         raise ValueError(f"mode {mode!r} needs at least one map")
     by_target = {m.target_layer: m for m in maps}
     layer = max(by_target)
-    if mode == "full" and set(by_target) != set(range(layer + 1)):
-        raise ValueError(
-            f"mode 'full' at layer {layer} needs maps for target layers 0..{layer}, got {sorted(by_target)}"
-        )
-    if mode != "full" and len(maps) != 1:
-        raise ValueError(f"mode {mode!r} takes exactly one map, got {len(maps)}")
+    need = handover_mode.map_layers(layer)
+    if sorted(by_target) != need or len(maps) != len(need):
+        into = f"target layers 0..{layer}" if handover_mode.per_layer_maps else f"target layer {layer} only"
+        raise ValueError(f"mode {mode!r} at layer {layer} needs maps into {into}, got {sorted(by_target)}")
     for m in maps:
         if m.aligner.d_src != source.hidden_size or m.aligner.d_tgt != target.hidden_size:
             raise ValueError(
@@ -81,17 +82,5 @@ def prepare(
         raise ValueError(f"text has no tokens for {source.name}: mode {mode!r} needs a non-empty text")
     mapped = {k: _apply(m.aligner, enc.states[m.source_layer], target) for k, m in by_target.items()}
     t2 = time.perf_counter()
-    timings = {"encode": (t1 - t0) * 1e3, "project": (t2 - t1) * 1e3}
-    if mode == "last_token":
-        prompt = Prompt("last_token", suffix_ids, layer=layer, last_state=mapped[layer][-1], op=op)
-    elif mode == "full":
-        prompt = Prompt(
-            "full",
-            suffix_ids,
-            layer=layer,
-            states=mapped[layer],
-            layer_states={k: v for k, v in mapped.items() if k < layer},
-        )
-    else:
-        prompt = Prompt(mode, suffix_ids, layer=layer, states=mapped[layer])
-    return Handover(prompt, enc.ids, enc.offsets, timings)
+    prompt = handover_mode.build(Handed(target, text, suffix_ids, mapped, layer, op))
+    return Handover(prompt, enc.ids, enc.offsets, {"encode": (t1 - t0) * 1e3, "project": (t2 - t1) * 1e3})

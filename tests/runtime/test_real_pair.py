@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from service.runtime.encode import encode
-from service.runtime.generate import Prefill, Prompt, SamplingParams, generate
+from service.runtime.generate import Prefill, SamplingParams, generate
 from service.runtime.loading import LoadedModel
+from service.runtime.prompt import Prompt
 
 pytestmark = pytest.mark.real
 

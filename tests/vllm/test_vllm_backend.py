@@ -12,8 +12,9 @@ import torch
 
 from service.backends import TransformersBackend
 from service.runtime.encode import encode
-from service.runtime.generate import Completion, Prompt, SamplingParams
+from service.runtime.generate import Completion, SamplingParams
 from service.runtime.loading import LoadedModel, load_model
+from service.runtime.prompt import Prompt
 from tests.vllm.conftest import require_vllm
 
 pytestmark = pytest.mark.slow

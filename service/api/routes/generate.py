@@ -19,8 +19,10 @@ from service.api.metrics import Metrics
 from service.api.routes.translate import ERRORS, check_length
 from service.api.schemas import GenerateRequest, GenerateResponse, Usage
 from service.api.state import Resolved, ServiceState
-from service.runtime.generate import Completion, Prompt, SamplingParams
+from service.runtime.generate import Completion, SamplingParams
 from service.runtime.handover import prepare
+from service.runtime.modes import get_mode
+from service.runtime.prompt import Prompt
 
 router = APIRouter(tags=["generate"], dependencies=[Authorized])
 
@@ -91,9 +93,9 @@ async def post_generate(
         raise InvalidRequestError(
             f"max_new_tokens is {req.max_new_tokens}; this server allows at most {state.settings.max_new_tokens}"
         )
-    if req.mode == "last_token" and not req.prompt:
+    if get_mode(req.mode).needs_suffix and not req.prompt:
         raise InvalidRequestError(
-            "mode 'last_token' needs a prompt: B reads it and A's state replaces its last token's"
+            f"mode {req.mode!r} needs a prompt: B reads it and A's state replaces its last token's"
         )
     resolved = await run_in_threadpool(state.resolve, req.source, req.target, req.mode, req.layer, req.method)
     job = _job(state, req, resolved)

@@ -1,4 +1,4 @@
-"""Orthogonal Procrustes: the training-free map of the research summary (centred, Frobenius-normalised)."""
+"""Orthogonal Procrustes: the training-free map of the original design (centred, Frobenius-normalised)."""
 
 from __future__ import annotations
 

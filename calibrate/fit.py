@@ -25,7 +25,7 @@ from service.runtime.pairing import pair_indices
 # Larger batches and step size than the aligner defaults: a sweep fits dozens of adapters on ~10^5 pairs each.
 _LORA: dict[str, Any] = {"batch_size": 512, "lr": 3e-3, "max_epochs": 40, "patience": 3}
 
-# Method names of the sweep -> (aligner kind, parameters). "lora" is the research summary's hybrid: a rank-8 adapter
+# Method names of the sweep -> (aligner kind, parameters). "lora" is the design's hybrid: a rank-8 adapter
 # on the training-free Procrustes map; "lora-affine" puts it on the least-squares map instead.
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "procrustes": ("procrustes", {}),

@@ -138,7 +138,7 @@ class LoadedModel:
 def start_token(tokenizer: PreTrainedTokenizerBase) -> int:
     """The token every sequence starts with. Models without a BOS (SmolLM2) get their end-of-text token instead:
     the first position becomes an attention sink with an outsized norm, so a fixed sacrificial token keeps it off
-    the text (facts: without it SmolLM2's first text token had a norm near 24,700)."""
+    the text (measured: without it SmolLM2's first text token had a norm near 24,700)."""
     for candidate in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id):
         if candidate is not None:
             return int(candidate)

@@ -41,7 +41,7 @@ def test_small_real_pair_calibration(real_pair: dict[str, LoadedModel], tmp_path
     assert main(fit) == 0
     rows = json.loads((out / "fit-report.json").read_text())["rows"]
     by_method = {r["method"]: r for r in rows}
-    # Least squares fits better than an orthogonal map on this pair (facts: held-out R² 0.75-0.83 vs -0.1-0.35),
+    # Least squares fits better than an orthogonal map on this pair (held-out R² 0.75-0.83 vs -0.1-0.35 measured),
     # and both beat chance retrieval by far.
     assert by_method["affine"]["r2"] > by_method["procrustes"]["r2"]
     assert by_method["affine"]["r2"] > 0.3

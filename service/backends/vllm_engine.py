@@ -74,6 +74,7 @@ class VLLMBackend:
         self.engine = vllm.LLMEngine.from_engine_args(args)
         self._vllm = vllm
         self._ids = itertools.count()
+        self._salts = itertools.count()
 
     def close(self) -> None:
         """Stop the engine's processes and free its memory (idempotent)."""
@@ -97,7 +98,11 @@ class VLLMBackend:
         embeds = torch.zeros(len(ids), d, dtype=torch.float32)
         embeds[1 : 1 + n] = states
         mask = [True] + [False] * n + [True] * len(prompt.suffix_ids)
-        return {"prompt_embeds": embeds, "prompt_token_ids": ids, "prompt_is_token_ids": mask}
+        # The prefix cache keys blocks by token ids, and the placeholder ids are the same whatever the embeddings:
+        # two prompts with equal ids but different handed-over states could share cached keys and values. A salt of
+        # the request's own keeps every mixed prompt's cache entries to itself.
+        salt = f"interlingua-embeds-{next(self._salts)}"
+        return {"prompt_embeds": embeds, "prompt_token_ids": ids, "prompt_is_token_ids": mask, "cache_salt": salt}
 
     def sampling(self, params: SamplingParams) -> Any:
         from vllm.sampling_params import RequestOutputKind

@@ -127,3 +127,19 @@ def test_modes_beyond_layer_zero_are_not_offered(backends) -> None:  # type: ign
     assert not vl.supports("replace", 2) and not vl.supports("full", 2) and not vl.supports("last_token", 1)
     with pytest.raises(ValueError, match="cannot run mode 'replace' at layer 2"):
         vl.engine_prompt(Prompt("replace", [1], layer=2, states=torch.zeros(3, 128)))
+
+
+def test_equal_token_ids_with_different_states_never_share_the_prefix_cache(backends) -> None:  # type: ignore[no-untyped-def]
+    """Two mixed prompts whose token ids are equal (the placeholders included) but whose handed-over states differ:
+    batched together each must answer as it does alone, and differently from the other."""
+    target, _, vllm_backend = backends
+    base = own_states(target, TEXTS[2])
+    other = base.flip(0) * 1.5  # same length, so the same placeholder ids; different states
+    suffix = target.tokenize(QUESTION)[0]
+    params = SamplingParams(max_new_tokens=8, ignore_eos=True)
+    prompts = [Prompt("embeds", suffix, states=s) for s in (base, other)]
+    alone = [run(vllm_backend, [p], params)[0].token_ids for p in prompts]
+    again = [run(vllm_backend, [p], params)[0].token_ids for p in reversed(prompts)][::-1]  # the cache is warm now
+    together = [c.token_ids for c in run(vllm_backend, prompts, params)]
+    assert alone[0] != alone[1]
+    assert again == alone and together == alone

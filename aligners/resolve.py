@@ -1,6 +1,7 @@
 """Which stored maps serve a handover: one rule, used by the server, ``eval`` and the benchmarks alike.
 
-A request names a direction and a mode, and optionally the target layer, the method and (``eval``) the source layer.
+A request names a direction and what its mode needs (``Need``: the runtime's modes describe themselves with one),
+and optionally the target layer, the method and (``eval``) the source layer.
 Candidates are the pair's maps that are not helper maps (per-layer maps only ``full`` needs), narrowed by what the
 request names; the best-scored candidate wins (lowest proxy KL where the fit measured one, else best task F1 from
 ``eval``, else best held-out R²):
@@ -14,6 +15,7 @@ Among equals the pair's default map (the manifest's) comes first.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from aligners.store import MapKey, MapNotFoundError, matching_layer
@@ -39,11 +41,26 @@ def _per_layer(entries: list[dict[str, Any]], key: MapKey, n_src: int, n_tgt: in
     return chain, lacking[0] if lacking else ""
 
 
+@dataclass(frozen=True)
+class Need:
+    """What a handover mode needs of its maps (the runtime's ``HandoverMode`` says; this package cannot import it):
+    a ``fixed_layer`` it always injects at, maps into every layer below (``per_layer``), or any layer with the pair's
+    default first (``any_layer``: ``/translate``); ``name`` for messages."""
+
+    name: str
+    fixed_layer: int | None = None
+    per_layer: bool = False
+    any_layer: bool = False
+
+
+TRANSLATE = Need("translate", any_layer=True)
+
+
 def choose(
     entries: list[dict[str, Any]],
     source: str,
     target: str,
-    mode: str,
+    need: Need,
     n_src: int,
     n_tgt: int,
     layer: int | None = None,
@@ -51,14 +68,14 @@ def choose(
     source_layer: int | None = None,
     default: dict[str, Any] | None = None,
 ) -> tuple[MapKey, list[MapKey]]:
-    """(the map whose target layer is the injection layer, the per-layer maps ``full`` needs below it).
+    """(the map whose target layer is the injection layer, the per-layer maps a ``per_layer`` mode needs below it).
 
-    ``mode`` may also be ``translate`` (any layer: the pair's default map unless a layer or method is named).
     Preference: the named ``source_layer``, then the pair's ``default`` (manifest entry), then the score."""
-    if mode == "embeds":
-        if layer not in (None, 0):
-            raise ValueError(f"mode 'embeds' injects at layer 0, got layer={layer}")
-        layer = 0
+    mode = need.name
+    if need.fixed_layer is not None:
+        if layer not in (None, need.fixed_layer):
+            raise ValueError(f"mode {mode!r} injects at layer {need.fixed_layer}, got layer={layer}")
+        layer = need.fixed_layer
     pair = [e for e in entries if e["source"] == source and e["target"] == target]
     if not pair:
         raise MapNotFoundError(f"no maps for {source} -> {target}")
@@ -66,13 +83,13 @@ def choose(
         e for e in pair if (method is None or e["method"] == method) and (layer is None or e["target_layer"] == layer)
     ]
     candidates = [e for e in named if not e.get("helper")]
-    if mode != "translate" and layer is None and any(e["target_layer"] > 0 for e in candidates):
+    if not need.any_layer and layer is None and any(e["target_layer"] > 0 for e in candidates):
         candidates = [e for e in candidates if e["target_layer"] > 0]
-    if mode == "embeds" and not candidates:
-        candidates = named  # helper maps into layer 0 still hand over embeddings
+    if need.fixed_layer is not None and not candidates:
+        candidates = named  # helper maps into the fixed layer still serve
     chains: dict[str, list[MapKey]] = {}
     missing: list[str] = []
-    if mode == "full":
+    if need.per_layer:
         kept = []
         for e in candidates:
             key = _key(e)
@@ -85,15 +102,15 @@ def choose(
         candidates = kept
     if not candidates:
         have = sorted({(e["target_layer"], e["method"]) for e in pair if not e.get("helper")})
-        need = (
+        why = (
             f" with per-layer maps into every layer below (missing {', '.join(missing)}; fit with --full)"
-            if mode == "full"
+            if need.per_layer
             else ""
         )
         into = "any layer" if layer is None else f"layer {layer}"
         raise MapNotFoundError(
             f"no {method + ' ' if method else ''}map into {target} {into} for {source} -> {target} in mode "
-            f"{mode!r}{need}; available (target layer, method): {have}"
+            f"{mode!r}{why}; available (target layer, method): {have}"
         )
     default = default or {}
 

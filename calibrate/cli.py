@@ -26,7 +26,7 @@ from calibrate.fit import METHODS, TRAINED, Side, layer_pairs, split_passages, s
 from calibrate.layers import check_range, parse_layers
 from calibrate.probes import PROBE_KINDS, make_probes
 from service.runtime.loading import LoadedModel, ModelSpecError, cache_home, load_model
-from service.runtime.modes import HANDOVER_MODES
+from service.runtime.modes import HANDOVER_MODES, get_mode
 
 DEFAULT_DATA = "builtin:fictional-qa"
 
@@ -222,7 +222,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     for source, target in sorted({(e["source"], e["target"]) for e in store.entries()}):
         for mode in HANDOVER_MODES:
             try:
-                main, below = choose(store.entries(), source, target, mode, n_layers[source], n_layers[target])
+                need = get_mode(mode).need
+                main, below = choose(store.entries(), source, target, need, n_layers[source], n_layers[target])
             except MapNotFoundError as err:
                 print(f"{source} -> {target} {mode}: nothing to export ({err})", file=sys.stderr)
                 continue

@@ -152,10 +152,11 @@ def _maps_for(
     None when the store lacks them (``full`` needs per-layer maps)."""
     layer = get_mode(mode).layer_for(key.target_layer)
     try:
+        need = get_mode(mode).need
+        n_src, n_tgt = source.n_layers, target.n_layers
         main, below = choose(
-            store.entries(), key.source, key.target, mode, source.n_layers, target.n_layers, layer, key.method,
-            key.source_layer,
-        )  # fmt: skip
+            store.entries(), key.source, key.target, need, n_src, n_tgt, layer, key.method, key.source_layer
+        )
     except MapNotFoundError:
         return None
     return [

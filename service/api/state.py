@@ -16,7 +16,7 @@ from typing import Any
 
 from aligners import Aligner, MapFileError
 from aligners import load as load_map
-from aligners.resolve import choose
+from aligners.resolve import TRANSLATE, choose
 from aligners.store import MapKey, MapMismatchError, MapNotFoundError, MapStore, check_fingerprints
 from service.api.errors import InvalidRequestError, NotFoundError, NotReadyError
 from service.backends import Backend, make_backend
@@ -201,9 +201,10 @@ class ServiceState:
                 f"{sorted({e['source'] + ' -> ' + e['target'] for e in self.served})}"
             )
         try:
+            need = TRANSLATE if mode == "translate" else get_mode(mode).need
             default = self.defaults.get(f"{source}__{target}")
             key, below = choose(
-                self.served, source, target, mode, src.n_layers, tgt.n_layers, layer, method, default=default
+                self.served, source, target, need, src.n_layers, tgt.n_layers, layer, method, default=default
             )
         except ValueError as err:
             raise InvalidRequestError(str(err)) from None

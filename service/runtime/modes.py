@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from aligners.resolve import Need
 from service.runtime.loading import LoadedModel
 from service.runtime.prompt import LastTokenOp, Prompt, pad_ids, pad_states, positions
 
@@ -72,6 +73,11 @@ class HandoverMode:
     def on_input_embeddings(self, layer: int) -> bool:
         """Whether an engine that takes only token ids and input embeddings (vLLM) can run this mode at ``layer``."""
         return False
+
+    @property
+    def need(self) -> Need:
+        """What this mode needs of its maps, for the map resolver (``aligners.resolve.choose``)."""
+        return Need(self.name, fixed_layer=self.fixed_layer, per_layer=self.per_layer_maps)
 
     def build(self, h: Handed) -> Prompt:
         return Prompt(self.name, h.suffix_ids, layer=h.layer, states=h.mapped[h.layer])

@@ -24,5 +24,8 @@ def test_each_mode_knows_its_layers_maps_and_engines() -> None:
     runs = {(name, layer) for name, m in MODES.items() for layer in (0, 2) if m.on_input_embeddings(layer)}
     assert runs == {("native", 0), ("native", 2), ("replace", 0), ("embeds", 0)}
     assert not get_mode("last_token").scores_continuation and get_mode("last_token").needs_suffix
+    from tests.unit.test_resolve import NEEDS
+
+    assert {name: m.need for name, m in MODES.items() if m.uses_maps} == {k: v for k, v in NEEDS.items() if k in MODES}
     with pytest.raises(ValueError, match="unknown mode 'teleport'"):
         get_mode("teleport")

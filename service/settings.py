@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.runtime.loading import cache_home
@@ -30,6 +30,15 @@ def parse_assignments(text: str, what: str) -> dict[str, str]:
         last = name.strip()
         out[last] = value.strip()
     return out
+
+
+class VLLMSettings(BaseModel):
+    """The vLLM backend's own settings group (``Settings.vllm``), read from the ``INTERLINGUA_VLLM_*`` variables."""
+
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
+    enforce_eager: bool | None = None
 
 
 class Settings(BaseSettings):
@@ -94,6 +103,15 @@ class Settings(BaseSettings):
 
     def backend_for(self, alias: str) -> str:
         return parse_assignments(self.backends, "INTERLINGUA_BACKENDS").get(alias, self.backend)
+
+    @property
+    def vllm(self) -> VLLMSettings:
+        return VLLMSettings(
+            tensor_parallel_size=self.vllm_tensor_parallel_size,
+            gpu_memory_utilization=self.vllm_gpu_memory_utilization,
+            max_model_len=self.vllm_max_model_len,
+            enforce_eager=self.vllm_enforce_eager,
+        )
 
     @property
     def model_specs(self) -> dict[str, str]:

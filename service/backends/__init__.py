@@ -61,14 +61,7 @@ def _vllm(target: LoadedModel, settings: Settings | None = None) -> Backend:
     from service.settings import Settings
 
     s = settings or Settings()
-    return VLLMBackend(
-        target,
-        dtype=s.dtype,
-        tensor_parallel_size=s.vllm_tensor_parallel_size,
-        gpu_memory_utilization=s.vllm_gpu_memory_utilization,
-        max_model_len=s.vllm_max_model_len,
-        enforce_eager=s.vllm_enforce_eager,
-    )
+    return VLLMBackend(target, dtype=s.dtype, **s.vllm.model_dump())
 
 
 BACKENDS: dict[str, Callable[[LoadedModel, Settings | None], Backend]] = {

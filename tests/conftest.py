@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,23 @@ from service.runtime.loading import LoadedModel, load_model
 from tests.tiny import save_tiny
 
 ARCHS = ("llama", "mistral", "gemma3", "qwen2", "qwen3")
+
+
+def _children() -> list[str]:
+    """Live child processes of this test process (zombies and the ``ps`` call itself left out)."""
+    out = subprocess.run(["ps", "-o", "pid=,stat=,args=", "--ppid", str(os.getpid())], capture_output=True, text=True)
+    rows = [line.split(None, 2) for line in out.stdout.splitlines() if line.strip()]
+    return [" ".join(r) for r in rows if len(r) == 3 and not r[1].startswith("Z") and not r[2].startswith("ps -o")]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_suite() -> Iterator[None]:
+    """Servers, vLLM engine cores and their workers are all closed by the end of the session."""
+    yield
+    deadline = time.monotonic() + 30
+    while _children() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _children(), f"processes left running after the tests: {_children()}"
 
 
 @pytest.fixture(scope="session")

@@ -140,3 +140,19 @@ def test_pairing_by_character_ends() -> None:
     src = [(0, 3), (4, 6), (6, 8)]
     tgt = [(0, 0), (0, 3), (4, 8)]
     assert pair_indices(src, tgt) == ([0, 2], [1, 2])
+
+
+def test_a_jsonl_file_named_json_gets_a_hint(tmp_path: Path) -> None:
+    path = tmp_path / "lines.json"
+    path.write_text('{"text": "one"}\n{"text": "two"}\n')
+    with pytest.raises(DataError, match="name the file .jsonl"):
+        read_items(str(path))
+
+
+def test_layer_range_errors_say_why() -> None:
+    from calibrate.layers import check_range
+
+    with pytest.raises(ValueError, match="layer 5 is the output of its last block"):
+        check_range([5], 5, "tiny", "--target-layers", allow_last=False)
+    with pytest.raises(ValueError, match=r"layers 0..5 \(0 = embeddings"):
+        check_range([6], 5, "tiny", "--layers")

@@ -101,6 +101,13 @@ def test_openapi_documents_the_error_body_and_the_bearer_scheme(server: Server) 
     assert "HTTPValidationError" not in json.dumps(spec)
 
 
+def test_translate_reports_its_total_time(server: Server, pair: dict) -> None:
+    with server.client() as c:
+        body = c.post("/translate", json={"source": pair["source"], "target": pair["target"], "text": TEXT}).json()
+    timings = body["timings_ms"]
+    assert {"encode", "project", "total"} <= set(timings) and timings["total"] >= timings["encode"]
+
+
 def test_requests_past_their_deadline_get_504(server: Server, pair: dict) -> None:
     with server.client() as c:
         r = c.post("/generate", json=_req(pair, max_new_tokens=50, timeout_s=0.001))

@@ -74,3 +74,29 @@ def test_real_pair_generate_and_translate(real_server: Server) -> None:
     assert translated["shape"][1] == 640 and translated["source_layer"] == 8
     # A fitted least-squares map lands closer to gemma3's own states than chance would.
     assert translated["native_cosine"]["mean"] > 0.5
+
+
+@pytest.fixture(scope="module")
+def default_server(real_pair: dict[str, LoadedModel], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``make serve`` from an empty map store: the bundled default maps are installed on first start."""
+    if EXTERNAL:
+        pytest.skip("starts its own server")
+    root = tmp_path_factory.mktemp("defaults")
+    server = start_server({"INTERLINGUA_MAPS": str(root / "maps")}, root / "server.log")  # default models, settings
+    yield server
+    stop_server(server)
+
+
+@pytest.mark.parametrize("source,target", [("smollm2", "gemma3"), ("gemma3", "smollm2")])
+@pytest.mark.parametrize("mode", ["native", "replace", "full", "embeds", "last_token"])
+def test_a_fresh_server_answers_every_mode_in_both_directions(
+    default_server: Server, source: str, target: str, mode: str
+) -> None:
+    req = {"source": source, "target": target, "text": CONTEXT, "prompt": QUESTION, "mode": mode}
+    with default_server.client() as c:
+        r = c.post("/generate", json={**req, "max_new_tokens": 4, "stop": ["\n"]})
+        ready = c.get("/ready").json()
+    assert r.status_code == 200, r.text
+    assert ready["maps_served"] > 0 and ready["refused_maps"] == []
+    if mode == "embeds":
+        assert r.json()["target_layer"] == 0

@@ -128,9 +128,7 @@ class Native(HandoverMode):
         start_ids = torch.full((b, 1), pf.target.start_token_id, dtype=torch.long, device=dev)
         ids, valid = pad_ids([(p.prefix_ids or []) + p.suffix_ids for p in pf.prompts], dev)
         ids, valid = torch.cat([start_ids, ids], dim=1), torch.cat([ones, valid], dim=1)
-        h, cap = stack.run(
-            stack.embed(ids), 0, stack.n_layers, positions([0] * b, valid), valid, pf.cache, None, capture
-        )
+        h, cap = stack.run(stack.embed(ids), 0, stack.n_layers, positions([0] * b, valid), valid, pf.cache, capture)
         captured = {k: v[:, 1 : 1 + max(p.prefix_len for p in pf.prompts)] for k, v in cap.items()}
         pf.tails = [h[i, p.prefix_len : p.prefix_len + 1 + len(p.suffix_ids)] for i, p in enumerate(pf.prompts)]
         return pf.last_logits(h, valid), [int(v) for v in valid.sum(dim=1)], captured
@@ -196,7 +194,7 @@ class Replace(HandoverMode):
         joint_pos = positions([0] * b, joint_valid)
         h_start = self._lower(pf, joint_pos, joint_valid)
         joint = torch.cat([h_start.to(states.device), states], dim=1)
-        h, cap = stack.run(joint, layer, n_layers, joint_pos, joint_valid, pf.cache, None, capture, pf.grad)
+        h, cap = stack.run(joint, layer, n_layers, joint_pos, joint_valid, pf.cache, capture, pf.grad)
         captured = {k: v[:, 1:] for k, v in cap.items()}
         next_pos = [1 + p.prefix_len for p in pf.prompts]
 

@@ -142,55 +142,40 @@ class LayerStack:
         positions: torch.Tensor,
         valid: torch.Tensor,
         cache: KVCache,
-        layer_inputs: dict[int, torch.Tensor] | None = None,
         capture: set[int] | None = None,
         grad: bool = False,
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Run blocks ``start+1..stop`` on h = hidden_states[start] (B, T, d); returns hidden_states[stop].
 
-        ``positions`` (B, T) are absolute positions, ``valid`` (B, T) marks real tokens. ``layer_inputs[k]`` replaces
-        the input of block k+1 (module k) for these tokens before it runs: the ``full`` mode's per-layer prefix states.
-        ``capture`` names layers ℓ in [start, stop] whose states to return. With ``grad`` the blocks record autograd
-        history, so a loss on the output reaches the input states (a map trained through this model); the model's
-        own weights are the caller's to freeze (``frozen``).
+        ``positions`` (B, T) are absolute positions, ``valid`` (B, T) marks real tokens. ``capture`` names layers ℓ
+        in [start, stop] whose states to return. With ``grad`` the blocks record autograd history, so a loss on the
+        output reaches the input states (a map trained through this model); the model's own weights are the
+        caller's to freeze (``frozen``).
         """
         with torch.set_grad_enabled(grad):
-            return self._run(h, start, stop, positions, valid, cache, layer_inputs, capture)
-
-    def _run(
-        self,
-        h: torch.Tensor,
-        start: int,
-        stop: int,
-        positions: torch.Tensor,
-        valid: torch.Tensor,
-        cache: KVCache,
-        layer_inputs: dict[int, torch.Tensor] | None,
-        capture: set[int] | None,
-    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        captured: dict[int, torch.Tensor] = {}
-        if capture and start in capture:
-            captured[start] = h
-        rotary: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
-        for k in range(start, stop):
-            layer = self.layers[k]
-            dev = next(layer.parameters()).device
-            if layer_inputs is not None and k in layer_inputs:
-                h = layer_inputs[k]
-            h = h.to(dev)
-            pos, ok = positions.to(dev), valid.to(dev)
-            entry = cache.add_positions(k, pos, ok)
-            assert entry.positions is not None and entry.valid is not None  # set just above
-            mask = block_mask(pos, ok, entry.positions, entry.valid, self.windows[k])
-            key = (self.layer_types[k], dev)
-            if key not in rotary:
-                rotary[key] = self._rotary(h, pos, self.layer_types[k])
-            h = layer(h, attention_mask=mask, position_ids=pos, past_key_values=cache, position_embeddings=rotary[key])
-            if isinstance(h, tuple):  # older layer implementations return (hidden, ...)
-                h = h[0]
-            if capture and k + 1 in capture:
-                captured[k + 1] = h
-        return h, captured
+            captured: dict[int, torch.Tensor] = {}
+            if capture and start in capture:
+                captured[start] = h
+            rotary: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+            for k in range(start, stop):
+                layer = self.layers[k]
+                dev = next(layer.parameters()).device
+                h = h.to(dev)
+                pos, ok = positions.to(dev), valid.to(dev)
+                entry = cache.add_positions(k, pos, ok)
+                assert entry.positions is not None and entry.valid is not None  # set just above
+                mask = block_mask(pos, ok, entry.positions, entry.valid, self.windows[k])
+                key = (self.layer_types[k], dev)
+                if key not in rotary:
+                    rotary[key] = self._rotary(h, pos, self.layer_types[k])
+                h = layer(
+                    h, attention_mask=mask, position_ids=pos, past_key_values=cache, position_embeddings=rotary[key]
+                )
+                if isinstance(h, tuple):  # older layer implementations return (hidden, ...)
+                    h = h[0]
+                if capture and k + 1 in capture:
+                    captured[k + 1] = h
+            return h, captured
 
     def logits(self, h: torch.Tensor, grad: bool = False) -> torch.Tensor:
         """hidden_states[N] (..., d) -> next-token logits (..., vocab) in float32."""

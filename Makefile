@@ -28,14 +28,14 @@ $(VENV)/.models: $(VENV)/.installed service/runtime/realpair.py
 models: $(VENV)/.models
 
 ## The bundled default maps (service/default_maps/): both directions of the real pair fitted on 1000 varied passages,
-## least-squares maps ranked by the target's proxy KL and the best ones trained through the target (about 1 h 40 min
+## least-squares maps ranked by the target's proxy KL and the best ones trained through the target (about 1 h 20 min
 ## on 2 CPU cores), then the map each mode serves by default exported. WORK keeps the full stores.
 WORK ?= /tmp/interlingua-default-maps
 FIT := $(PY) -m calibrate fit --data builtin:fictional-qa,builtin:python-docs --samples 1000 --target-layers 0,4 \
 	--full --methods procrustes,linear,affine,lora,distill --train-batch 2 --proxy-probes 24 --directions forward
 default-maps: models
 	$(FIT) --source smollm2 --target gemma3 --layers 8,12,15 --train-minutes 12 --out $(WORK)/s2g
-	$(FIT) --source gemma3 --target smollm2 --layers 4,8,10 --train-minutes 8 --out $(WORK)/g2s
+	$(FIT) --source gemma3 --target smollm2 --layers 4,8 --train-minutes 6 --out $(WORK)/g2s
 	rm -rf service/default_maps
 	$(PY) -m calibrate export --maps $(WORK)/s2g --out service/default_maps
 	$(PY) -m calibrate export --maps $(WORK)/g2s --out service/default_maps

@@ -17,7 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from aligners import MapFileError, read_header
+from aligners import load as load_map
 from aligners.resolve import choose
 from aligners.store import MapKey, MapNotFoundError, MapStore
 from calibrate.data import DataError, Item, read_items, split_items
@@ -209,6 +212,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _to_float32(path: Path) -> None:
+    """Rewrite a map file with float32 tensors (least-squares maps are solved and stored in float64; serving
+    computes in the model's precision anyway), keeping its metadata."""
+    aligner, meta = load_map(path)
+    assert aligner.tensors is not None
+    fit_info = aligner.fit_info
+    aligner.set_state({k: v.to(torch.float32) for k, v in aligner.tensors.items()}, aligner.d_src, aligner.d_tgt)
+    aligner.fit_info = fit_info
+    aligner.save(str(path), meta)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Copy the maps that would serve each mode (``aligners.resolve.choose``) into a new, small store."""
     store = MapStore(args.maps)
@@ -230,7 +244,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"{source} -> {target} {mode}: {main.method} L{main.source_layer}->L{main.target_layer}")
             keys.update([main, *below])
     out = MapStore(args.out)
-    out.copy_from(store, sorted(keys, key=lambda k: k.relpath))
+    for key in out.copy_from(store, sorted(keys, key=lambda k: k.relpath)):
+        _to_float32(out.root / key.relpath)
     manifest = out.manifest()
     manifest["calibration"] = calib
     out.write_manifest(manifest)

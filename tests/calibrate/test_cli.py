@@ -236,3 +236,27 @@ def test_eval_scores_the_maps_the_server_would_serve(
     fallback = _maps_for(store, src, tgt, MapKey("llama", "gemma3", 3, 1, "affine"), "embeds")
     best = state.resolve("llama", "gemma3", "embeds", None, "affine")
     assert fallback is not None and [(m.source_layer, m.target_layer) for m in fallback] == [(best.source_layer, 0)]
+
+
+def test_export_keeps_exactly_the_maps_each_mode_is_served_with(
+    fitted: tuple[Path, Path, list[str]], tmp_path: Path
+) -> None:
+    from aligners.resolve import choose
+    from service.runtime.modes import HANDOVER_MODES, get_mode
+
+    out, _, _ = fitted
+    assert main(["export", "--maps", str(out), "--out", str(tmp_path / "exp")]) == 0
+    original, exported = MapStore(out), MapStore(tmp_path / "exp")
+    n = json.loads((out / "manifest.json").read_text())["calibration"]["models"]
+    kept = set()
+    for source, target in (("llama", "gemma3"), ("gemma3", "llama")):
+        for mode in HANDOVER_MODES:
+            need = get_mode(mode).need
+            args = (source, target, need, n[source]["n_layers"], n[target]["n_layers"])
+            assert choose(exported.entries(), *args) == choose(original.entries(), *args)
+            main_key, below = choose(original.entries(), *args)
+            kept.update([main_key, *below])
+    assert {e["path"] for e in exported.entries()} == {k.relpath for k in kept}
+    for key in kept:
+        aligner, _ = exported.load(key)
+        assert aligner.tensors is not None and all(t.dtype == torch.float32 for t in aligner.tensors.values())

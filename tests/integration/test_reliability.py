@@ -169,7 +169,13 @@ def test_48_clients_get_200_or_503_and_health_answers(server: Server, pair: dict
                 await asyncio.sleep(0.2)
             return await task, health
 
+    start = time.perf_counter()
     responses, health = asyncio.run(run())
+    codes = [r.status_code for r in responses]
+    print(
+        f"48 clients: {codes.count(200)} x 200, {codes.count(503)} x 503 in {time.perf_counter() - start:.1f} s; "
+        f"{len(health)} /health probes, all {set(health)}"
+    )
     assert {r.status_code for r in responses} <= {200, 503}
     assert all("retry-after" in r.headers for r in responses if r.status_code == 503)
     assert sum(r.status_code == 200 for r in responses) >= 1

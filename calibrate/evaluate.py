@@ -145,12 +145,18 @@ def translated_builder(source: LoadedModel, target: LoadedModel, mode: str, maps
     return build
 
 
+def _layer(mode: str, layer: int) -> int:
+    """The layer a mode injects at when the map's own target layer is ``layer`` (embeds: always 0)."""
+    fixed = get_mode(mode).fixed_layer
+    return layer if fixed is None else fixed
+
+
 def _maps_for(
     store: MapStore, source: LoadedModel, target: LoadedModel, key: MapKey, mode: str
 ) -> list[LayerMap] | None:
     """The maps a mode needs for this key's method and layers, chosen as the server chooses them (``choose``), or
     None when the store lacks them (``full`` needs per-layer maps)."""
-    layer = get_mode(mode).layer_for(key.target_layer)
+    layer = _layer(mode, key.target_layer)
     try:
         need = get_mode(mode).need
         n_src, n_tgt = source.n_layers, target.n_layers
@@ -254,7 +260,7 @@ def evaluate_direction(
     for method, row in tqdm(sorted(best.items()), desc=f"modes {source.name}->{target.name}", unit="method"):
         key = MapKey(row["source"], row["target"], row["source_layer"], row["target_layer"], method)
         for mode in modes:
-            layer = get_mode(mode).layer_for(key.target_layer) or 0
+            layer = _layer(mode, key.target_layer)
             maps = _maps_for(store, source, target, key, mode)
             if maps is None:
                 translated.append({**key.as_dict(), "mode": mode, "missing": "maps not in store"})

@@ -110,6 +110,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
                     "curve"
                 ]
             timings[f"fit {result.key.method}"] = timings.get(f"fit {result.key.method}", 0.0) + result.fit_seconds
+            if "proxy_seconds" in result.extra:
+                timings["proxy KL scoring"] = timings.get("proxy KL scoring", 0.0) + result.extra["proxy_seconds"]
 
     manifest = store.manifest()
     manifest["calibration"] = {

@@ -153,12 +153,16 @@ def sweep(
             aligner = make_aligner(method, seed).fit(x, y)
             seconds = time.perf_counter() - start
             scores = metrics.evaluate(aligner.transform(xh), yh, target_mean=y.mean(dim=0)) if len(xh) > 1 else {}
+            proxy_start = time.perf_counter()
             if through is not None and (ls, lt) not in helpers:  # helper maps are never candidates: no proxy
                 scores["kl"] = through.score(aligner, src.encoded, ls, lt)
+            proxy_seconds = time.perf_counter() - proxy_start
             key = MapKey(src.name, tgt.name, ls, lt, method)
             meta = {**_meta(src, tgt, metadata, x, xh, len(fit_idx)), "fit_seconds": seconds}
             store.save(key, aligner, meta, scores, helper=(ls, lt) in helpers)
-            results.append(FitResult(key, scores, seconds, int(x.shape[0]), int(xh.shape[0])))
+            results.append(
+                FitResult(key, scores, seconds, int(x.shape[0]), int(xh.shape[0]), {"proxy_seconds": proxy_seconds})
+            )
             bar.update(1)
             shown = f"kl={scores['kl']:.3f}" if "kl" in scores else f"r2={scores.get('r2', float('nan')):.3f}"
             bar.set_postfix_str(f"L{ls}->L{lt} {method} {shown}")

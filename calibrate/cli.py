@@ -391,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--text-samples", type=int, default=60, help="plain-text passages (default 60)")
     ev.add_argument("--pairs", default=None, help="only these directions, e.g. smollm2__gemma3 (default all)")
+    ev.add_argument("--methods", default=None, help="only these methods, e.g. linear,distill (default all)")
     ev.add_argument(
         "--chat",
         action="store_true",

@@ -183,6 +183,7 @@ def evaluate_direction(
     target_layers: list[int] | None = None,
     texts: list[str] | None = None,
     screen_by: str = "f1",
+    methods: list[str] | None = None,
 ) -> dict[str, Any]:
     """QA on ``items`` and, with ``texts``, the continuation CBR on plain text, for the best map of each method.
 
@@ -193,7 +194,9 @@ def evaluate_direction(
     entries = [
         e
         for e in store.entries(source.name, target.name)
-        if (target_layers is None or e["target_layer"] in target_layers) and not e.get("helper")
+        if (target_layers is None or e["target_layer"] in target_layers)
+        and not e.get("helper")
+        and (methods is None or e["method"] in methods)
     ]
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -393,6 +396,7 @@ def run_eval(args: argparse.Namespace) -> int:
             parse_layers(args.target_layers) if args.target_layers else None,
             texts,
             screen_by,
+            [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None,
         )
         result["chat"] = bool(args.chat and models[target_name].tokenizer.chat_template)
         results.append(result)

@@ -19,14 +19,16 @@ ARCHS = ("llama", "mistral", "gemma3", "qwen2", "qwen3")
 def _children() -> list[str]:
     """Live child processes of this test process: zombies, the ``ps`` call itself and Python's own multiprocessing
     resource tracker (it belongs to the interpreter and ends with it) left out."""
-    out = subprocess.run(["ps", "-o", "pid=,stat=,args=", "--ppid", str(os.getpid())], capture_output=True, text=True)
+    out = subprocess.run(
+        ["ps", "-ww", "-o", "pid=,stat=,args=", "--ppid", str(os.getpid())], capture_output=True, text=True
+    )
     rows = [line.split(None, 2) for line in out.stdout.splitlines() if line.strip()]
     return [
         " ".join(r)
         for r in rows
         if len(r) == 3
         and not r[1].startswith("Z")
-        and not r[2].startswith("ps -o")
+        and not r[2].startswith("ps ")
         and "multiprocessing.resource_tracker" not in r[2]
     ]
 

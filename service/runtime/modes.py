@@ -48,6 +48,27 @@ class Handed:
     op: LastTokenOp = "replace"
 
 
+def start_ids(pf: Prefill) -> torch.Tensor:
+    """The target's start token for every prompt of the batch: (B, 1)."""
+    return torch.full((len(pf.prompts), 1), pf.target.start_token_id, dtype=torch.long, device=pf.stack.device)
+
+
+def after_start(pf: Prefill, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[start] + each row's token ids, right-padded: ids and validity (B, 1 + T)."""
+    ids, valid = pad_ids(rows, pf.stack.device)
+    ones = torch.ones(len(rows), 1, dtype=torch.bool, device=pf.stack.device)
+    return torch.cat([start_ids(pf), ids], dim=1), torch.cat([ones, valid], dim=1)
+
+
+def check_layer(target: LoadedModel, prompt: Prompt) -> None:
+    """An injection layer must be one a block reads: 0..N-1."""
+    n_layers = target.n_layers
+    if not 0 <= prompt.layer < n_layers:
+        raise ValueError(
+            f"layer must be in [0, {n_layers - 1}] for {target.name} ({n_layers} blocks), got {prompt.layer}"
+        )
+
+
 class HandoverMode:
     name: ClassVar[str] = ""
     uses_maps: ClassVar[bool] = True
@@ -83,12 +104,9 @@ class HandoverMode:
         return Prompt(self.name, h.suffix_ids, layer=h.layer, states=h.mapped[h.layer])
 
     def check(self, target: LoadedModel, prompt: Prompt) -> None:
-        """Mode-specific checks of a prompt (the shared ones are in ``generate.check_prompt``)."""
-        n_layers, d = target.n_layers, target.hidden_size
-        if not 0 <= prompt.layer < n_layers:
-            raise ValueError(
-                f"layer must be in [0, {n_layers - 1}] for {target.name} ({n_layers} blocks), got {prompt.layer}"
-            )
+        """This mode's checks of a prompt, before any model work."""
+        check_layer(target, prompt)
+        d = target.hidden_size
         if prompt.states is None or prompt.states.dim() != 2 or prompt.states.shape[1] != d:
             got = None if prompt.states is None else tuple(prompt.states.shape)
             raise ValueError(f"mode {prompt.mode!r} needs states of shape (n, {d}), got {got}")
@@ -123,11 +141,8 @@ class Native(HandoverMode):
             raise ValueError("mode 'native' needs prefix_ids (the target's own tokens of the text)")
 
     def prefill(self, pf: Prefill, capture: set[int] | None) -> PrefillResult:
-        stack, dev, b = pf.stack, pf.stack.device, len(pf.prompts)
-        ones = torch.ones(b, 1, dtype=torch.bool, device=dev)
-        start_ids = torch.full((b, 1), pf.target.start_token_id, dtype=torch.long, device=dev)
-        ids, valid = pad_ids([(p.prefix_ids or []) + p.suffix_ids for p in pf.prompts], dev)
-        ids, valid = torch.cat([start_ids, ids], dim=1), torch.cat([ones, valid], dim=1)
+        stack, b = pf.stack, len(pf.prompts)
+        ids, valid = after_start(pf, [(p.prefix_ids or []) + p.suffix_ids for p in pf.prompts])
         h, cap = stack.run(stack.embed(ids), 0, stack.n_layers, positions([0] * b, valid), valid, pf.cache, capture)
         captured = {k: v[:, 1 : 1 + max(p.prefix_len for p in pf.prompts)] for k, v in cap.items()}
         pf.tails = [h[i, p.prefix_len : p.prefix_len + 1 + len(p.suffix_ids)] for i, p in enumerate(pf.prompts)]
@@ -143,11 +158,8 @@ class LastToken(HandoverMode):
         return Prompt(self.name, h.suffix_ids, layer=h.layer, last_state=h.mapped[h.layer][-1], op=h.op)
 
     def check(self, target: LoadedModel, prompt: Prompt) -> None:
-        n_layers, d = target.n_layers, target.hidden_size
-        if not 0 <= prompt.layer < n_layers:
-            raise ValueError(
-                f"layer must be in [0, {n_layers - 1}] for {target.name} ({n_layers} blocks), got {prompt.layer}"
-            )
+        check_layer(target, prompt)
+        d = target.hidden_size
         if prompt.last_state is None or tuple(prompt.last_state.shape) != (d,):
             raise ValueError(f"mode 'last_token' needs last_state of shape ({d},)")
         if prompt.op not in ("replace", "sum", "mean"):
@@ -156,11 +168,8 @@ class LastToken(HandoverMode):
             raise ValueError("mode 'last_token' needs a suffix (the prompt B reads) to place the handed-over state on")
 
     def prefill(self, pf: Prefill, capture: set[int] | None) -> PrefillResult:
-        stack, dev, b = pf.stack, pf.stack.device, len(pf.prompts)
-        ones = torch.ones(b, 1, dtype=torch.bool, device=dev)
-        start_ids = torch.full((b, 1), pf.target.start_token_id, dtype=torch.long, device=dev)
-        ids, valid = pad_ids([p.suffix_ids for p in pf.prompts], dev)
-        ids, valid = torch.cat([start_ids, ids], dim=1), torch.cat([ones, valid], dim=1)
+        stack, b = pf.stack, len(pf.prompts)
+        ids, valid = after_start(pf, [p.suffix_ids for p in pf.prompts])
         pos = positions([0] * b, valid)
         h, _ = stack.run(stack.embed(ids), 0, pf.layer, pos, valid, pf.cache)
         h = h.clone()
@@ -221,8 +230,7 @@ class Replace(HandoverMode):
         b, dev = len(pf.prompts), pf.stack.device
         zero = torch.zeros(b, 1, dtype=torch.long, device=dev)
         ones = torch.ones(b, 1, dtype=torch.bool, device=dev)
-        start_ids = torch.full((b, 1), pf.target.start_token_id, dtype=torch.long, device=dev)
-        h_start, _ = pf.stack.run(pf.stack.embed(start_ids), 0, pf.layer, zero, ones, pf.cache)
+        h_start, _ = pf.stack.run(pf.stack.embed(start_ids(pf)), 0, pf.layer, zero, ones, pf.cache)
         return h_start
 
 
@@ -263,10 +271,9 @@ class Full(Replace):
         """Blocks 1..ℓ see the prefix through per-layer states; the start token's own state flows through."""
         if pf.layer == 0:
             return super()._lower(pf, joint_pos, joint_valid)
-        stack, dev, b = pf.stack, pf.stack.device, len(pf.prompts)
+        stack, dev = pf.stack, pf.stack.device
         d, dtype = stack.hidden_size, stack.dtype
-        start_ids = torch.full((b, 1), pf.target.start_token_id, dtype=torch.long, device=dev)
-        h_start = stack.embed(start_ids)
+        h_start = stack.embed(start_ids(pf))
         for k in range(pf.layer):
             below = pad_states([p.layer_states[k] for p in pf.prompts if p.layer_states], d, dtype, dev)
             inputs = torch.cat([h_start.to(dev, dtype), below], dim=1)

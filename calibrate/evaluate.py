@@ -29,6 +29,7 @@ from aligners.resolve import choose
 from aligners.store import MapKey, MapNotFoundError, MapStore
 from calibrate.data import Item, read_items, split_items
 from calibrate.layers import parse_layers
+from calibrate.probes import qa_suffix as plain_qa_suffix
 from calibrate.report import heatmap
 from calibrate.scoring import exact_match, f1_score, first_line
 from service.runtime.generate import SamplingParams, generate, suffix_nll
@@ -51,7 +52,7 @@ def qa_suffix(item: Item, target: LoadedModel | None = None) -> str:
     question and the assistant's turn opening (the passage itself stays before it, read or handed over)."""
     tokenizer = None if target is None else _CHAT.get(id(target.tokenizer))
     if tokenizer is None:
-        return f"\nQuestion: {item.question}\nAnswer:"
+        return plain_qa_suffix(item.question)
     message = f"Question: {item.question}\nAnswer with a few words from the text above."
     chat = tokenizer.apply_chat_template(
         [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
@@ -106,15 +107,6 @@ def text_nll(target: LoadedModel, builder: PromptBuilder, texts: list[str], batc
     return sum(nll) / max(1, len(nll))
 
 
-def none_builder(target: LoadedModel) -> PromptBuilder:
-    """No context at all: the target reads only the scored continuation."""
-
-    def build(text: str, suffix: str) -> Prompt:
-        return Prompt("native", target.tokenize(suffix)[0], prefix_ids=[])
-
-    return build
-
-
 def native_builder(target: LoadedModel) -> PromptBuilder:
     def build(text: str, suffix: str) -> Prompt:
         return prepare(target, target, text, suffix, "native", []).prompt
@@ -123,6 +115,8 @@ def native_builder(target: LoadedModel) -> PromptBuilder:
 
 
 def alone_builder(target: LoadedModel) -> PromptBuilder:
+    """No context at all: the target reads only the suffix (the question alone; the continuation alone for NLL)."""
+
     def build(text: str, suffix: str) -> Prompt:
         return Prompt("native", target.tokenize(suffix)[0], prefix_ids=[])
 
@@ -212,7 +206,7 @@ def evaluate_direction(
     if texts:
         baselines["text"] = {
             "native": text_nll(target, native_builder(target), texts, batch_size),
-            "none": text_nll(target, none_builder(target), texts, batch_size),
+            "none": text_nll(target, alone_builder(target), texts, batch_size),
             "n": float(len(texts)),
         }
     timings["baselines"] = time.perf_counter() - t0

@@ -72,6 +72,13 @@ def check_fingerprints(meta: dict[str, Any], source_fp: str, target_fp: str, whe
             )
 
 
+def load_checked(path: str | os.PathLike[str], source_fp: str, target_fp: str) -> tuple[Aligner, dict[str, Any]]:
+    """Load a map file and refuse it (``MapMismatchError``) if it was fitted for other models than these."""
+    aligner, meta = load(path)
+    check_fingerprints(meta, source_fp, target_fp, str(path))
+    return aligner, meta
+
+
 class MapStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -174,10 +181,9 @@ class MapStore:
         if not path.exists():
             have = [e["path"] for e in self.entries(key.source, key.target)]
             raise MapNotFoundError(f"no map {key.relpath} in {self.root}; maps for this pair: {have or 'none'}")
-        aligner, meta = load(path)
         if source_fp is not None and target_fp is not None:
-            check_fingerprints(meta, source_fp, target_fp, str(path))
-        return aligner, meta
+            return load_checked(path, source_fp, target_fp)
+        return load(path)
 
     def copy_from(self, other: MapStore, keys: list[MapKey], names: dict[str, str] | None = None) -> list[MapKey]:
         """Copy maps (files and manifest entries, defaults of their pairs included) from ``other``; ``names`` renames

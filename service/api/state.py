@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from aligners import Aligner, MapFileError
-from aligners import load as load_map
 from aligners.resolve import TRANSLATE, choose
-from aligners.store import MapKey, MapMismatchError, MapNotFoundError, MapStore, check_fingerprints
+from aligners.store import MapKey, MapMismatchError, MapNotFoundError, MapStore, load_checked
 from service.api.errors import InvalidRequestError, NotFoundError, NotReadyError
 from service.backends import Backend, make_backend
 from service.runtime.handover import LayerMap
@@ -95,8 +94,11 @@ class ServiceState:
         whatever their aliases) into the store. Returns how many."""
         bundled = MapStore(self.settings.default_maps)
         found = bundled.for_models(fingerprints)
+        by_names: dict[tuple[tuple[str, str], ...], list[MapKey]] = {}
         for key, names in found:
-            self.store.copy_from(bundled, [key], names)
+            by_names.setdefault(tuple(sorted(names.items())), []).append(key)
+        for naming, keys in by_names.items():  # one manifest rewrite per naming, not per map
+            self.store.copy_from(bundled, keys, dict(naming))
         if found:
             log.info("installed %d bundled default maps into %s", len(found), self.store.root)
         return len(found)
@@ -108,6 +110,7 @@ class ServiceState:
         manifest = self.store.manifest()
         alias_of = {m.fingerprint: alias for alias, m in self.models.items()}
         served, refused, paths, skipped = [], [], {}, 0
+        loaded: OrderedDict[MapKey, Aligner] = OrderedDict()
         renamed: dict[str, str] = {}  # the store's pair key -> this server's
         for e in manifest["maps"]:
             src, tgt = alias_of.get(e.get("source_fingerprint", "")), alias_of.get(e.get("target_fingerprint", ""))
@@ -123,9 +126,10 @@ class ServiceState:
                 else:
                     skipped += 1
                 continue
+            key = MapKey(src, tgt, e["source_layer"], e["target_layer"], e["method"])
+            path = self.store.root / e["path"]
             try:
-                _, meta = load_map(self.store.root / e["path"])
-                check_fingerprints(meta, self.models[src].fingerprint, self.models[tgt].fingerprint, e["path"])
+                aligner, _ = load_checked(path, self.models[src].fingerprint, self.models[tgt].fingerprint)
             except (MapFileError, MapMismatchError) as err:
                 log.warning("refusing map %s: %s", e["path"], err)
                 refused.append({"path": e["path"], "reason": str(err)})
@@ -133,12 +137,13 @@ class ServiceState:
             entry = {**e, "source": src, "target": tgt}
             served.append(entry)
             renamed[f"{e['source']}__{e['target']}"] = f"{src}__{tgt}"
-            paths[MapKey(src, tgt, e["source_layer"], e["target_layer"], e["method"])] = self.store.root / e["path"]
+            paths[key] = path
+            if len(loaded) < MAP_CACHE:  # checked maps stay loaded (up to the cache's size): no second read later
+                loaded[key] = aligner
         if skipped:
             log.info("skipped %d maps fitted for models this server does not load", skipped)
         with self._lock:
-            self.served, self.refused, self._paths = served, refused, paths
-            self._maps.clear()
+            self.served, self.refused, self._paths, self._maps = served, refused, paths, loaded
         self.defaults = {renamed[k]: v for k, v in manifest.get("defaults", {}).items() if k in renamed}
 
     def close(self) -> None:
@@ -169,8 +174,7 @@ class ServiceState:
             raise NotFoundError(f"no map {key.relpath} is served")
         src, tgt = self.models[key.source], self.models[key.target]
         try:
-            aligner, meta = load_map(path)
-            check_fingerprints(meta, src.fingerprint, tgt.fingerprint, str(path))
+            aligner, _ = load_checked(path, src.fingerprint, tgt.fingerprint)
         except (MapFileError, MapMismatchError) as err:  # changed on disk since start
             raise NotFoundError(f"map {key.relpath} can no longer be served: {err}") from None
         with self._lock:

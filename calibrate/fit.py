@@ -143,6 +143,7 @@ def sweep(
     results = []
     data: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
     init_kl: dict[tuple[int, int], float] = {}
+    inits: dict[tuple[int, int], Aligner] = {}  # each ranked pair's least-squares start
     bar = tqdm(total=len(pairs) * len(closed), desc=f"fit {src.name}->{tgt.name}", unit="map")
     for ls, lt in pairs:
         x, y = gather(src, tgt, fit_idx, ls, lt)
@@ -174,7 +175,8 @@ def sweep(
     main = [pair for pair in pairs if pair not in helpers]
     for ls, lt in tqdm(main, desc=f"rank layers {src.name}->{tgt.name}", unit="pair", leave=False):
         x, y, _, _ = data[(ls, lt)]
-        init_kl[(ls, lt)] = through.score(make_aligner("distill", seed).fit(x, y), src.encoded, ls, lt)
+        inits[(ls, lt)] = make_aligner("distill", seed).fit(x, y)
+        init_kl[(ls, lt)] = through.score(inits[(ls, lt)], src.encoded, ls, lt)
     chosen: list[tuple[int, int]] = []
     for lt in sorted({lt for _, lt in main}):
         ranked = sorted((kl, ls) for (ls, t), kl in init_kl.items() if t == lt)
@@ -183,7 +185,9 @@ def sweep(
         for ls, lt in chosen:
             x, y, xh, yh = data[(ls, lt)]
             start = time.perf_counter()
-            aligner = make_aligner(method, seed).fit(x, y)
+            # The plain kind trains the very start it was ranked by (no second fit); other variants fit their own.
+            same = method == "distill" and (ls, lt) in inits
+            aligner = inits.pop((ls, lt)) if same else make_aligner(method, seed).fit(x, y)
             assert isinstance(aligner, Distill)  # every trained method is a distill map
             report = through.train(aligner, src.encoded, ls, lt, label=f"{src.name}->{tgt.name} L{ls}->L{lt}")
             seconds = time.perf_counter() - start

@@ -19,6 +19,8 @@ FLAGS = {
     "maps": "map store folder written by interlingua-calibrate",
     "backend": "decoder for every target model: transformers (every mode) or vllm (native and embeds)",
     "backends": "alias=backend pairs overriding --backend per model, e.g. gemma3=vllm",
+    "encoder": "source-state encoder for every source model: transformers, or vllm (layers the served maps read)",
+    "encoders": "alias=encoder pairs overriding --encoder per model, e.g. smollm2=vllm",
     "vllm_tensor_parallel_size": "GPUs vLLM shards each model it serves over",
     "vllm_gpu_memory_utilization": "share of each GPU's memory vLLM may take (0-1]",
     "vllm_max_model_len": "vLLM context length (default: the model's)",

@@ -6,13 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.runtime.loading import cache_home
 from service.runtime.realpair import ALIASES as REAL_PAIR
 
 BackendName = Literal["transformers", "vllm"]
+EncoderName = Literal["transformers", "vllm"]
 
 
 def parse_assignments(text: str, what: str) -> dict[str, str]:
@@ -61,6 +62,12 @@ class Settings(BaseSettings):
         "transformers", description="decoder for every target model: transformers (all modes) or vllm (native, embeds)"
     )
     backends: str = Field("", description="alias=backend pairs overriding `backend` per model")
+    encoder: EncoderName = Field(
+        "transformers",
+        description="source-state encoder for every source model: transformers, or vllm (a pooling engine cut after "
+        "the deepest layer the served maps read; other layers fall back to transformers)",
+    )
+    encoders: str = Field("", description="alias=encoder pairs overriding `encoder` per model")
     vllm_tensor_parallel_size: int = Field(1, ge=1, description="GPUs vLLM shards each served model over")
     vllm_gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="share of GPU memory vLLM may take")
     vllm_max_model_len: int | None = Field(None, ge=16, description="vLLM context length (default: the model's)")
@@ -91,18 +98,20 @@ class Settings(BaseSettings):
         parse_assignments(value, "INTERLINGUA_DEVICES")
         return value
 
-    @field_validator("backends")
+    @field_validator("backends", "encoders")
     @classmethod
-    def _backends(cls, value: str) -> str:
-        for alias, name in parse_assignments(value, "INTERLINGUA_BACKENDS").items():
+    def _per_model(cls, value: str, info: ValidationInfo) -> str:
+        variable = f"INTERLINGUA_{str(info.field_name).upper()}"
+        for alias, name in parse_assignments(value, variable).items():
             if name not in get_args(BackendName):
-                raise ValueError(
-                    f"INTERLINGUA_BACKENDS: backend for {alias!r} must be transformers or vllm, got {name!r}"
-                )
+                raise ValueError(f"{variable}: the value for {alias!r} must be transformers or vllm, got {name!r}")
         return value
 
     def backend_for(self, alias: str) -> str:
         return parse_assignments(self.backends, "INTERLINGUA_BACKENDS").get(alias, self.backend)
+
+    def encoder_for(self, alias: str) -> str:
+        return parse_assignments(self.encoders, "INTERLINGUA_ENCODERS").get(alias, self.encoder)
 
     @property
     def vllm(self) -> VLLMSettings:

@@ -39,6 +39,10 @@ class ModelInfo(BaseModel):
     hidden_size: int
     fingerprint: str
     device: str
+    backend: str = Field(description="what decodes this model as a target: transformers or vllm")
+    encoder: str = Field(
+        description="what computes this model's states as a source: vllm (for the layers its maps read) or transformers"
+    )
 
 
 class MapInfo(BaseModel):

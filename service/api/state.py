@@ -19,7 +19,8 @@ from aligners.resolve import TRANSLATE, choose
 from aligners.store import MapKey, MapMismatchError, MapNotFoundError, MapStore, load_checked
 from service.api.errors import InvalidRequestError, NotFoundError, NotReadyError
 from service.backends import Backend, make_backend
-from service.runtime.handover import LayerMap
+from service.runtime.encode import encode
+from service.runtime.handover import Encoder, LayerMap
 from service.runtime.loading import LoadedModel, load_model
 from service.runtime.modes import get_mode
 from service.settings import Settings
@@ -46,6 +47,7 @@ class ServiceState:
     refused: list[dict[str, str]] = field(default_factory=list)
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     backends: dict[str, Backend] = field(default_factory=dict)  # per target alias
+    encoders: dict[str, Any] = field(default_factory=dict)  # per source alias: engines other than transformers
     status: str = "loading"
     detail: str = "starting"
     _maps: OrderedDict[MapKey, Aligner] = field(default_factory=OrderedDict)
@@ -74,6 +76,7 @@ class ServiceState:
                 self.detail = "installing the bundled default maps"
                 self._install_bundled(fingerprints)
             self.refresh_maps()
+            self._start_encoders()
             self.status, self.detail = "ready", "models and maps loaded"
             if len(self.models) >= 2 and not self.served:
                 specs = list(self.settings.model_specs.values())
@@ -102,6 +105,27 @@ class ServiceState:
         if found:
             log.info("installed %d bundled default maps into %s", len(found), self.store.root)
         return len(found)
+
+    def _start_encoders(self) -> None:
+        """A vLLM encoder for each source model configured for one, serving every source layer its maps read."""
+        for alias, model in self.models.items():
+            layers = sorted({e["source_layer"] for e in self.served if e["source"] == alias})
+            if self.settings.encoder_for(alias) != "vllm" or not layers:
+                continue
+            from service.backends.vllm_source import VLLMEncoder
+
+            self.detail = f"starting the vllm encoder of {alias} (layers {layers})"
+            log.info(self.detail)
+            vllm = self.settings.vllm.model_dump()
+            self.encoders[alias] = VLLMEncoder(model, layers, dtype=self.settings.dtype, **vllm)
+
+    def encoder(self, alias: str, layers: list[int]) -> Encoder:
+        """What computes ``alias``'s states at ``layers``: its vLLM encoder where it serves them, else transformers."""
+        engine = self.encoders.get(alias)
+        if engine is not None and engine.covers(layers):
+            return engine.encode
+        model = self.model(alias)
+        return lambda texts, at: encode(model, texts, at)
 
     def refresh_maps(self) -> None:
         """Serve every map fitted for the loaded models, matched by fingerprint whatever the store calls them, after
@@ -147,12 +171,12 @@ class ServiceState:
         self.defaults = {renamed[k]: v for k, v in manifest.get("defaults", {}).items() if k in renamed}
 
     def close(self) -> None:
-        """Close every backend (engine processes included)."""
-        for alias, backend in self.backends.items():
+        """Close every backend and encoder (engine processes included)."""
+        for alias, engine in [*self.backends.items(), *self.encoders.items()]:
             try:
-                backend.close()
+                engine.close()
             except Exception:  # closing the others matters more than one failure here
-                log.exception("closing the %s backend of %s failed", backend.name, alias)
+                log.exception("closing the %s engine of %s failed", engine.name, alias)
 
     def require_ready(self) -> None:
         if self.status != "ready":

@@ -7,15 +7,19 @@ service both call it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from aligners import Aligner
-from service.runtime.encode import encode
+from service.runtime.encode import Encoded, encode
 from service.runtime.loading import LoadedModel
 from service.runtime.modes import Handed, get_mode
 from service.runtime.prompt import LastTokenOp, Prompt
+
+# Texts and layers -> states: ``encode`` with the source's transformers modules, or another engine's encoder.
+Encoder = Callable[[list[str], list[int]], list[Encoded]]
 
 
 @dataclass
@@ -47,12 +51,14 @@ def prepare(
     mode: str,
     maps: list[LayerMap],
     op: LastTokenOp = "replace",
+    encoder: Encoder | None = None,
 ) -> Handover:
     """Encode ``text`` with the source, project it with ``maps`` and build the target's prompt (``modes``).
 
     ``maps`` holds one map per target layer the mode needs (``HandoverMode.map_layers``: the injection layer, and for
     ``full`` every layer below it; the deepest is the injection layer). ``native`` needs no maps: the target tokenises
-    ``text`` itself. ``suffix`` is read by the target natively after the handed-over prefix.
+    ``text`` itself. ``suffix`` is read by the target natively after the handed-over prefix. ``encoder`` computes the
+    source's states (default: ``encode`` with the source's transformers modules).
     """
     handover_mode = get_mode(mode)
     suffix_ids, _ = target.tokenize(suffix) if suffix else ([], [])
@@ -76,7 +82,8 @@ def prepare(
             )
 
     t0 = time.perf_counter()
-    enc = encode(source, [text], sorted({m.source_layer for m in maps}))[0]
+    layers = sorted({m.source_layer for m in maps})
+    enc = (encoder or (lambda texts, at: encode(source, texts, at)))([text], layers)[0]
     t1 = time.perf_counter()
     if not enc.ids:
         raise ValueError(f"text has no tokens for {source.name}: mode {mode!r} needs a non-empty text")

@@ -1,5 +1,7 @@
-"""A server whose target model is decoded by vLLM (INTERLINGUA_BACKENDS=gemma3=vllm): `native` and `embeds` answer
-as the transformers-backed server does; modes that need a middle layer get a 422 naming the backend that serves them."""
+"""A server on vLLM at both ends of a handover (INTERLINGUA_ENCODERS=llama=vllm: the source's states come from a vLLM
+pooling engine; INTERLINGUA_BACKENDS=gemma3=vllm: the target decodes on vLLM): `native`, `embeds` and `/translate`
+answer as the transformers-only server does; modes that need a middle layer get a 422 naming the backend that serves
+them."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.integration.conftest import EXTERNAL, Server, special_server, tiny_env
 from tests.vllm.conftest import require_vllm
@@ -23,7 +26,13 @@ def vllm_server(
 ) -> Iterator[Server]:
     if not EXTERNAL:
         require_vllm()
-    env = tiny_env(tiny_dirs, tiny_maps, INTERLINGUA_BACKENDS="gemma3=vllm", VLLM_CPU_KVCACHE_SPACE="1")
+    env = tiny_env(
+        tiny_dirs,
+        tiny_maps,
+        INTERLINGUA_BACKENDS="gemma3=vllm",
+        INTERLINGUA_ENCODERS="llama=vllm",
+        VLLM_CPU_KVCACHE_SPACE="1",
+    )
     yield from special_server(env, tmp_path_factory, "vllm")
 
 
@@ -48,6 +57,24 @@ def test_vllm_target_answers_like_the_transformers_backend(vllm_server: Server, 
     assert want.status_code == 200, want.text
     g, w = got.json(), want.json()
     assert (g["text"], g["finish_reason"], g["usage"]) == (w["text"], w["finish_reason"], w["usage"])
+
+
+def test_models_name_the_engines(vllm_server: Server) -> None:
+    with vllm_server.client() as c:
+        models = {m["alias"]: m for m in c.get("/v1/models").json()["models"]}
+    assert (models["llama"]["encoder"], models["llama"]["backend"]) == ("vllm", "transformers")
+    assert (models["gemma3"]["encoder"], models["gemma3"]["backend"]) == ("transformers", "vllm")
+
+
+def test_translate_from_vllm_states_equals_transformers(vllm_server: Server, server: Server) -> None:
+    body = {"source": "llama", "target": "gemma3", "text": TEXT, "method": "affine", "return_states": "list"}
+    with vllm_server.client() as v, server.client() as t:
+        got, want = v.post("/translate", json=body), t.post("/translate", json=body)
+    assert got.status_code == 200, got.text
+    g, w = got.json(), want.json()
+    assert (g["tokens"], g["shape"], g["source_layer"]) == (w["tokens"], w["shape"], w["source_layer"])
+    got_states, want_states = torch.tensor(g["states"]["data"]), torch.tensor(w["states"]["data"])
+    torch.testing.assert_close(got_states, want_states, rtol=1e-3, atol=1e-3)
 
 
 def test_vllm_target_streams(vllm_server: Server) -> None:

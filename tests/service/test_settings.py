@@ -69,8 +69,12 @@ def test_backend_per_model(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings(models="a=x,b=y")
     assert (s.backend_for("a"), s.backend_for("b")) == ("transformers", "vllm")
     assert s.vllm_tensor_parallel_size == 1 and s.vllm_gpu_memory_utilization == 0.9
-    with pytest.raises(ValidationError, match="backend for 'b' must be transformers or vllm, got 'tgi'"):
+    with pytest.raises(ValidationError, match="BACKENDS: the value for 'b' must be transformers or vllm, got 'tgi'"):
         Settings(backends="b=tgi")
+    monkeypatch.setenv("INTERLINGUA_ENCODERS", "a=vllm")
+    assert (Settings().encoder_for("a"), Settings().encoder_for("b")) == ("vllm", "transformers")
+    with pytest.raises(ValidationError, match="ENCODERS: the value for 'a' must be transformers or vllm, got 'x'"):
+        Settings(encoders="a=x")
     with pytest.raises(ValidationError, match="vllm_gpu_memory_utilization"):
         Settings(vllm_gpu_memory_utilization=1.5)
 

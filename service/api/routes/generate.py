@@ -29,9 +29,10 @@ router = APIRouter(tags=["generate"], dependencies=[Authorized])
 
 def _job(state: ServiceState, req: GenerateRequest, resolved: Resolved) -> GenerateJob:
     src, tgt = state.model(req.source), state.model(req.target)
+    encoder = state.encoder(req.source, sorted({m.source_layer for m in resolved.maps}))
 
     def build() -> tuple[Prompt, dict[str, float], int]:
-        handover = prepare(src, tgt, req.text, req.prompt, req.mode, resolved.maps, req.op)
+        handover = prepare(src, tgt, req.text, req.prompt, req.mode, resolved.maps, req.op, encoder)
         positions = 1 + handover.prompt.prefix_len + len(handover.prompt.suffix_ids) + req.max_new_tokens
         tgt.check_positions(positions, f"this request (prompt and max_new_tokens {req.max_new_tokens})")
         return handover.prompt, handover.timings_ms, 0 if req.mode == "native" else len(handover.source_ids)

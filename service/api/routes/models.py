@@ -21,6 +21,8 @@ def list_models(state: StateDep) -> ModelsResponse:
             hidden_size=m.hidden_size,
             fingerprint=m.fingerprint,
             device=str(m.stack.device),
+            backend=state.backends[alias].name if alias in state.backends else "transformers",
+            encoder=state.encoders[alias].name if alias in state.encoders else "transformers",
         )
         for alias, m in sorted(state.models.items())
     ]

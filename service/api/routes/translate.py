@@ -23,7 +23,6 @@ from service.api.schemas import (
 )
 from service.api.state import Resolved, ServiceState
 from service.runtime.diagnostics import logit_lens, native_cosine
-from service.runtime.encode import encode
 
 router = APIRouter(tags=["translate"], dependencies=[Authorized])
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 422, 503, 504)}
@@ -41,7 +40,7 @@ def translate(state: ServiceState, req: TranslateRequest, resolved: Resolved) ->
     src, tgt = state.model(req.source), state.model(req.target)
     layer_map = resolved.maps[0]
     t0 = time.perf_counter()
-    enc = encode(src, [req.text], [layer_map.source_layer])[0]
+    enc = state.encoder(req.source, [layer_map.source_layer])([req.text], [layer_map.source_layer])[0]
     t1 = time.perf_counter()
     mapped = layer_map.aligner.transform(enc.states[layer_map.source_layer].float())  # (n, d_tgt)
     t2 = time.perf_counter()

@@ -1,5 +1,5 @@
-"""The model worker: one thread owns all model work, fed by a bounded queue; compatible generate requests decode as
-one batch.
+"""The model worker: one thread owns all model work (or several threads, where the work runs elsewhere and they
+only wait on it), fed by a bounded queue; compatible generate requests decode as one batch.
 
 Requests never run on the event loop. ``submit`` refuses work when the queue is full (the route answers 503 with
 Retry-After). Generate jobs that share target, mode and layer are drained from the queue together (up to
@@ -22,7 +22,6 @@ from typing import Any
 from service.api.errors import BusyError, DeadlineError, NotReadyError, ServiceError
 from service.backends import Backend
 from service.runtime.generate import SamplingParams
-from service.runtime.prompt import Prompt
 
 log = logging.getLogger("interlingua")
 
@@ -36,7 +35,7 @@ class GenerateJob:
 
     group: tuple[Any, ...]  # jobs with equal groups can share a batch
     backend: Backend  # decodes for the target model
-    build: Callable[[], tuple[Prompt, dict[str, float], int]]
+    build: Callable[[], tuple[Any, dict[str, float], int]]  # -> (what the backend decodes, timings, source tokens)
     params: SamplingParams
     loop: asyncio.AbstractEventLoop
     timeout_s: float | None = None
@@ -79,30 +78,41 @@ class CallJob:
 
 
 class Engine:
-    def __init__(self, queue_size: int, max_batch: int, on_stop: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, queue_size: int, max_batch: int, on_stop: Callable[[str], None] | None = None, workers: int = 1
+    ) -> None:
         self.jobs: queue.Queue[GenerateJob | CallJob | None] = queue.Queue(maxsize=queue_size)
         self.max_batch = max_batch
         self.pending: deque[GenerateJob | CallJob | None] = deque()
-        self.current: list[GenerateJob] = []  # the batch being decoded
+        self.current: dict[int, list[GenerateJob]] = {}  # per worker: the batch being decoded
         self.closing = False
         self.on_stop = on_stop  # told why each job stopped early: abandoned, timeout, not_ready
-        self.thread = threading.Thread(target=self._run, name="interlingua-worker", daemon=True)
+        self.threads = [
+            threading.Thread(target=self._run, args=(i,), name=f"interlingua-worker-{i}", daemon=True)
+            for i in range(workers)
+        ]
 
     def start(self) -> None:
-        self.thread.start()
+        for thread in self.threads:
+            thread.start()
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Refuse new work, let queued and running work finish for up to ``grace_s``, then stop what is left (its
         clients get 503) and end the worker."""
         self.closing = True
-        self.jobs.put(None)  # blocks only while the queue is full, which the grace period drains
-        self.thread.join(timeout=grace_s)
-        if self.thread.is_alive():
+        for _ in self.threads:
+            self.jobs.put(None)  # one stop per worker; blocks only while the queue is full, which the grace drains
+        deadline = time.monotonic() + grace_s
+        for thread in self.threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in self.threads):
             shutdown = NotReadyError("the server is shutting down; retry on another replica or after restart")
-            for job in [*list(self.jobs.queue), *self.pending, *self.current]:
+            running = [job for batch in list(self.current.values()) for job in batch]
+            for job in [*list(self.jobs.queue), *self.pending, *running]:
                 if isinstance(job, GenerateJob):
                     job.stop(shutdown)
-            self.thread.join(timeout=10)
+            for thread in self.threads:
+                thread.join(timeout=10)
 
     @property
     def depth(self) -> int:
@@ -125,9 +135,12 @@ class Engine:
 
     # --- worker -----------------------------------------------------------------------------------------------------
     def _next(self) -> GenerateJob | CallJob | None:
-        return self.pending.popleft() if self.pending else self.jobs.get()
+        try:
+            return self.pending.popleft()
+        except IndexError:
+            return self.jobs.get()
 
-    def _run(self) -> None:
+    def _run(self, worker: int) -> None:
         while True:
             job = self._next()
             if job is None:
@@ -135,7 +148,7 @@ class Engine:
             if isinstance(job, CallJob):
                 self._call(job)
             else:
-                self._generate(self._batch_with(job))
+                self._generate(self._batch_with(job), worker)
 
     def _batch_with(self, first: GenerateJob) -> list[GenerateJob]:
         batch = [first]
@@ -160,8 +173,8 @@ class Engine:
         else:
             job.loop.call_soon_threadsafe(_set_result, job.future, result)
 
-    def _generate(self, batch: list[GenerateJob]) -> None:
-        ready: list[tuple[GenerateJob, Prompt, dict[str, float], int]] = []
+    def _generate(self, batch: list[GenerateJob], worker: int = 0) -> None:
+        ready: list[tuple[GenerateJob, Any, dict[str, float], int]] = []
         for job in batch:
             if job.should_stop():  # gone, or past its deadline, while it waited
                 self._finish_stopped(job)
@@ -174,7 +187,7 @@ class Engine:
         if not ready:
             return
         backend = ready[0][0].backend
-        self.current = [r[0] for r in ready]
+        self.current[worker] = [r[0] for r in ready]
         start = time.perf_counter()
         try:
             stream = backend.stream([r[1] for r in ready], [r[0].params for r in ready], self._stopper(ready))
@@ -192,7 +205,7 @@ class Engine:
             for job, *_ in ready:
                 job.emit("error", err)
         finally:
-            self.current = []
+            self.current.pop(worker, None)
 
     def _finish_stopped(self, job: GenerateJob) -> None:
         job.finish_stopped()
@@ -200,7 +213,7 @@ class Engine:
             self.on_stop("abandoned" if job.abandoned else job.stopped.kind if job.stopped else "unknown")
 
     @staticmethod
-    def _stopper(ready: list[tuple[GenerateJob, Prompt, dict[str, float], int]]) -> Callable[[int], bool]:
+    def _stopper(ready: list[tuple[GenerateJob, Any, dict[str, float], int]]) -> Callable[[int], bool]:
         return lambda i: ready[i][0].should_stop()
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,15 +20,24 @@ from aligners import Aligner, MapFileError
 from aligners.resolve import TRANSLATE, choose
 from aligners.store import MapKey, MapMismatchError, MapNotFoundError, MapStore, load_checked
 from service.api.errors import InvalidRequestError, NotFoundError, NotReadyError
+from service.api.schemas import GenerateRequest, TranslateRequest, TranslateResponse
+from service.api.translation import response, source_side, target_side
 from service.backends import Backend, make_backend
 from service.runtime.encode import encode
-from service.runtime.handover import Encoder, LayerMap
+from service.runtime.handover import Encoder, LayerMap, prepare
 from service.runtime.loading import LoadedModel, load_model
 from service.runtime.modes import get_mode
+from service.runtime.prompt import Prompt
 from service.settings import Settings
 
 log = logging.getLogger("interlingua")
 MAP_CACHE = 64  # maps kept in memory
+
+
+def check_room(target: LoadedModel, prompt: Prompt, max_new_tokens: int) -> None:
+    """Refuse a prompt that, with the tokens asked for, runs past the target's positions."""
+    positions = 1 + prompt.prefix_len + len(prompt.suffix_ids) + max_new_tokens
+    target.check_positions(positions, f"this request (prompt and max_new_tokens {max_new_tokens})")
 
 
 @dataclass
@@ -215,6 +226,30 @@ class ServiceState:
                 f"{layer}; the transformers backend serves it"
             )
         return backend
+
+    # --- work (run on the model worker) ------------------------------------------------------------------------------
+    def handover(self, req: GenerateRequest, resolved: Resolved) -> Callable[[], tuple[Any, dict[str, float], int]]:
+        """The job that turns a generate request into its target prompt (``Backend.stream`` takes it), with the
+        prepare timings and the count of source tokens."""
+        src, tgt = self.model(req.source), self.model(req.target)
+        encoder = self.encoder(req.source, sorted({m.source_layer for m in resolved.maps}))
+
+        def build() -> tuple[Prompt, dict[str, float], int]:
+            handover = prepare(src, tgt, req.text, req.prompt, req.mode, resolved.maps, req.op, encoder)
+            check_room(tgt, handover.prompt, req.max_new_tokens)
+            return handover.prompt, handover.timings_ms, 0 if req.mode == "native" else len(handover.source_ids)
+
+        return build
+
+    def translate(self, req: TranslateRequest, resolved: Resolved) -> TranslateResponse:
+        t0 = time.perf_counter()
+        layer_map = resolved.maps[0]
+        encoder = self.encoder(req.source, [layer_map.source_layer])
+        src = source_side(self.model(req.source), encoder, req.text, layer_map)
+        tgt = target_side(self.model(req.target), req, layer_map.target_layer, src)
+        result = response(req, resolved.maps, resolved.method, src, tgt)
+        result.timings_ms["total"] = (time.perf_counter() - t0) * 1e3
+        return result
 
     def resolve(self, source: str, target: str, mode: str, layer: int | None, method: str | None) -> Resolved:
         """The maps a handover needs (none for ``native``), chosen by ``aligners.resolve.choose``."""

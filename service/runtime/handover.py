@@ -39,8 +39,65 @@ class Handover:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
-def _apply(aligner: Aligner, states: torch.Tensor, target: LoadedModel) -> torch.Tensor:
-    return aligner.transform(states.to(torch.float32)).to(target.stack.dtype)
+@dataclass
+class Projected:
+    """The source side of a handover: the text's source tokens and their states mapped into each target layer."""
+
+    mapped: dict[int, torch.Tensor]  # target layer -> (n, d_B), float32
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def check_maps(mode: str, maps: list[LayerMap], source: int, target: int) -> None:
+    """Refuse maps that do not fit a mode (``HandoverMode.map_layers``) or the models' widths (``source`` ->
+    ``target`` hidden sizes)."""
+    handover_mode = get_mode(mode)
+    if not handover_mode.uses_maps:
+        return
+    if not maps:
+        raise ValueError(f"mode {mode!r} needs at least one map")
+    by_target = {m.target_layer for m in maps}
+    layer = max(by_target)
+    need = handover_mode.map_layers(layer)
+    if sorted(by_target) != need or len(maps) != len(need):
+        into = f"target layers 0..{layer}" if handover_mode.per_layer_maps else f"target layer {layer} only"
+        raise ValueError(f"mode {mode!r} at layer {layer} needs maps into {into}, got {sorted(by_target)}")
+    for m in maps:
+        if m.aligner.d_src != source or m.aligner.d_tgt != target:
+            raise ValueError(
+                f"map L{m.source_layer}->L{m.target_layer} is {m.aligner.d_src}->{m.aligner.d_tgt}, but the models "
+                f"need {source}->{target}"
+            )
+
+
+def project(source: LoadedModel, text: str, maps: list[LayerMap], encoder: Encoder | None = None) -> Projected:
+    """Encode ``text`` with the source (``encoder``, default: its transformers modules) and map its states into every
+    target layer of ``maps``."""
+    t0 = time.perf_counter()
+    layers = sorted({m.source_layer for m in maps})
+    enc = (encoder or (lambda texts, at: encode(source, texts, at)))([text], layers)[0]
+    t1 = time.perf_counter()
+    if not enc.ids:
+        raise ValueError(f"text has no tokens for {source.name}: a handover needs a non-empty text")
+    mapped = {m.target_layer: m.aligner.transform(enc.states[m.source_layer].to(torch.float32)) for m in maps}
+    t2 = time.perf_counter()
+    return Projected(mapped, enc.ids, enc.offsets, {"encode": (t1 - t0) * 1e3, "project": (t2 - t1) * 1e3})
+
+
+def build_prompt(
+    target: LoadedModel,
+    text: str,
+    suffix: str,
+    mode: str,
+    projected: Projected | None,
+    op: LastTokenOp = "replace",
+) -> Prompt:
+    """The target side of a handover: the target's prompt for a mode, from the projected states (None for
+    ``native``, where the target tokenises ``text`` itself) and the ``suffix`` it reads natively after them."""
+    suffix_ids, _ = target.tokenize(suffix) if suffix else ([], [])
+    mapped = {} if projected is None else {k: v.to(target.stack.dtype) for k, v in projected.mapped.items()}
+    return get_mode(mode).build(Handed(target, text, suffix_ids, mapped, max(mapped, default=0), op))
 
 
 def prepare(
@@ -60,34 +117,11 @@ def prepare(
     ``text`` itself. ``suffix`` is read by the target natively after the handed-over prefix. ``encoder`` computes the
     source's states (default: ``encode`` with the source's transformers modules).
     """
-    handover_mode = get_mode(mode)
-    suffix_ids, _ = target.tokenize(suffix) if suffix else ([], [])
-    if not handover_mode.uses_maps:
-        prompt = handover_mode.build(Handed(target, text, suffix_ids, {}, 0, op))
+    if not get_mode(mode).uses_maps:
         ids, offsets = target.tokenize(text)
+        prompt = build_prompt(target, text, suffix, mode, None, op)
         return Handover(prompt, ids, offsets, {"encode": 0.0, "project": 0.0})
-    if not maps:
-        raise ValueError(f"mode {mode!r} needs at least one map")
-    by_target = {m.target_layer: m for m in maps}
-    layer = max(by_target)
-    need = handover_mode.map_layers(layer)
-    if sorted(by_target) != need or len(maps) != len(need):
-        into = f"target layers 0..{layer}" if handover_mode.per_layer_maps else f"target layer {layer} only"
-        raise ValueError(f"mode {mode!r} at layer {layer} needs maps into {into}, got {sorted(by_target)}")
-    for m in maps:
-        if m.aligner.d_src != source.hidden_size or m.aligner.d_tgt != target.hidden_size:
-            raise ValueError(
-                f"map L{m.source_layer}->L{m.target_layer} is {m.aligner.d_src}->{m.aligner.d_tgt}, but "
-                f"{source.name} -> {target.name} needs {source.hidden_size}->{target.hidden_size}"
-            )
-
-    t0 = time.perf_counter()
-    layers = sorted({m.source_layer for m in maps})
-    enc = (encoder or (lambda texts, at: encode(source, texts, at)))([text], layers)[0]
-    t1 = time.perf_counter()
-    if not enc.ids:
-        raise ValueError(f"text has no tokens for {source.name}: mode {mode!r} needs a non-empty text")
-    mapped = {k: _apply(m.aligner, enc.states[m.source_layer], target) for k, m in by_target.items()}
-    t2 = time.perf_counter()
-    prompt = handover_mode.build(Handed(target, text, suffix_ids, mapped, layer, op))
-    return Handover(prompt, enc.ids, enc.offsets, {"encode": (t1 - t0) * 1e3, "project": (t2 - t1) * 1e3})
+    check_maps(mode, maps, source.hidden_size, target.hidden_size)
+    projected = project(source, text, maps, encoder)
+    prompt = build_prompt(target, text, suffix, mode, projected, op)
+    return Handover(prompt, projected.ids, projected.offsets, projected.timings_ms)

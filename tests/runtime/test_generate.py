@@ -109,7 +109,7 @@ def test_prepare_maps_source_states_into_the_target(tiny: dict[str, LoadedModel]
         assert len(out.token_ids) >= 1
     native = prepare(src, tgt, TEXT, SUFFIX, "native", [])
     assert native.prompt.prefix_ids == tgt.tokenize(TEXT)[0]
-    with pytest.raises(ValueError, match="needs 128->128"):
+    with pytest.raises(ValueError, match="is 10->128, but the models need 128->128"):
         prepare(src, tgt, TEXT, SUFFIX, "replace", [LayerMap(1, 1, build("affine").fit(x[:, :10], y))])
     with pytest.raises(ValueError, match="target layers 0..2"):
         prepare(src, tgt, TEXT, SUFFIX, "full", maps[1:])

@@ -20,23 +20,13 @@ from service.api.routes.translate import ERRORS, check_length
 from service.api.schemas import GenerateRequest, GenerateResponse, Usage
 from service.api.state import Resolved, ServiceState
 from service.runtime.generate import Completion, SamplingParams
-from service.runtime.handover import prepare
 from service.runtime.modes import get_mode
-from service.runtime.prompt import Prompt
 
 router = APIRouter(tags=["generate"], dependencies=[Authorized])
 
 
 def _job(state: ServiceState, req: GenerateRequest, resolved: Resolved) -> GenerateJob:
-    src, tgt = state.model(req.source), state.model(req.target)
-    encoder = state.encoder(req.source, sorted({m.source_layer for m in resolved.maps}))
-
-    def build() -> tuple[Prompt, dict[str, float], int]:
-        handover = prepare(src, tgt, req.text, req.prompt, req.mode, resolved.maps, req.op, encoder)
-        positions = 1 + handover.prompt.prefix_len + len(handover.prompt.suffix_ids) + req.max_new_tokens
-        tgt.check_positions(positions, f"this request (prompt and max_new_tokens {req.max_new_tokens})")
-        return handover.prompt, handover.timings_ms, 0 if req.mode == "native" else len(handover.source_ids)
-
+    build = state.handover(req, resolved)
     params = SamplingParams(
         max_new_tokens=req.max_new_tokens,
         temperature=req.temperature,

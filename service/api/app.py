@@ -60,12 +60,13 @@ class BodyLimit:
         )
 
 
-def create_app(settings: Settings | None = None, state: ServiceState | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, state: ServiceState | None = None, workers: int = 1) -> FastAPI:
     """Build the app. ``state`` may be given already loaded (tests); otherwise the lifespan loads it in the
-    background, so /health answers at once and /ready reports progress."""
+    background, so /health answers at once and /ready reports progress. ``workers``: threads taking work off the
+    queue (one where the models run in this process)."""
     settings = settings or Settings()
     service = state or ServiceState(settings)
-    engine = Engine(settings.queue_size, settings.max_batch)
+    engine = Engine(settings.queue_size, settings.max_batch, workers=workers)
     meter = Metrics(lambda: engine.depth)
     engine.on_stop = lambda reason: meter.stopped.labels(reason).inc()
 

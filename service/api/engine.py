@@ -193,13 +193,18 @@ class Engine:
             stream = backend.stream([r[1] for r in ready], [r[0].params for r in ready], self._stopper(ready))
             for event in stream:
                 job, _, timings, source_tokens = ready[event.index]
+                if event.error is not None:
+                    job.emit("error", event.error)
+                    continue
                 if event.finished and event.completion is None:  # stopped from outside
                     self._finish_stopped(job)
                     continue
                 job.emit("delta", event)
                 if event.completion is not None:
-                    timings = {**timings, "generate": (time.perf_counter() - start) * 1e3}
-                    job.emit("done", (event.completion, timings, source_tokens))
+                    done = event.completion
+                    timings = {**timings, **done.timings_ms, "generate": (time.perf_counter() - start) * 1e3}
+                    n_source = source_tokens if done.source_tokens is None else done.source_tokens
+                    job.emit("done", (done, timings, n_source))
         except Exception as err:  # a failure inside the model: every job of the batch gets it
             log.exception("generation failed")
             for job, *_ in ready:

@@ -48,6 +48,7 @@ class Resolved:
     source_layer: int | None
     target_layer: int | None
     method: str | None
+    paths: list[Path] = field(default_factory=list)  # the maps' files, in the order of ``maps``
 
 
 @dataclass
@@ -129,6 +130,11 @@ class ServiceState:
             log.info(self.detail)
             vllm = self.settings.vllm.model_dump()
             self.encoders[alias] = VLLMEncoder(model, layers, dtype=self.settings.dtype, **vllm)
+
+    def engine_names(self, alias: str) -> tuple[str, str]:
+        """What decodes ``alias`` as a target and what encodes it as a source."""
+        backend = self.backends[alias].name if alias in self.backends else "transformers"
+        return backend, self.encoders[alias].name if alias in self.encoders else "transformers"
 
     def encoder(self, alias: str, layers: list[int]) -> Encoder:
         """What computes ``alias``'s states at ``layers``: its vLLM encoder where it serves them, else transformers."""
@@ -273,6 +279,6 @@ class ServiceState:
             raise InvalidRequestError(str(err)) from None
         except MapNotFoundError as err:
             raise NotFoundError(str(err)) from None
-        maps = [LayerMap(key.source_layer, key.target_layer, self._aligner(key))]
-        maps += [LayerMap(k.source_layer, k.target_layer, self._aligner(k)) for k in below]
-        return Resolved(maps, key.source_layer, key.target_layer, key.method)
+        keys = [key, *below]
+        maps = [LayerMap(k.source_layer, k.target_layer, self._aligner(k)) for k in keys]
+        return Resolved(maps, key.source_layer, key.target_layer, key.method, [self._paths[k] for k in keys])

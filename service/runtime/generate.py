@@ -32,6 +32,9 @@ class Completion:
     token_ids: list[int]
     finish_reason: Literal["stop", "length"]
     prompt_tokens: int  # positions the target model attended over before generating (start + prefix + suffix)
+    # Where the handover was prepared elsewhere (a source deployment): its source token count and timings.
+    source_tokens: int | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -43,6 +46,7 @@ class StepEvent:
     delta: str
     finished: bool
     completion: Completion | None = None
+    error: Exception | None = None  # this request failed (e.g. its prompt could not be built); the others go on
 
 
 def check_prompt(target: LoadedModel, prompt: Prompt) -> None:

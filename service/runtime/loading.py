@@ -81,6 +81,10 @@ class LoadedModel:
         return self.stack.hidden_size
 
     @property
+    def device(self) -> str:
+        return str(self.stack.device)
+
+    @property
     def architecture(self) -> str:
         archs = getattr(self.model.config, "architectures", None) or [type(self.model).__name__]
         return str(archs[0])

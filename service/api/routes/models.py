@@ -20,9 +20,9 @@ def list_models(state: StateDep) -> ModelsResponse:
             layers=m.n_layers,
             hidden_size=m.hidden_size,
             fingerprint=m.fingerprint,
-            device=str(m.stack.device),
-            backend=state.backends[alias].name if alias in state.backends else "transformers",
-            encoder=state.encoders[alias].name if alias in state.encoders else "transformers",
+            device=m.device,
+            backend=state.engine_names(alias)[0],
+            encoder=state.engine_names(alias)[1],
         )
         for alias, m in sorted(state.models.items())
     ]

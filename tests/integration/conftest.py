@@ -6,6 +6,7 @@ configured server (API key, tiny queue, failed loading) are skipped then.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -172,3 +173,57 @@ def pair(server: Server) -> dict[str, object]:
         "layer": default["target_layer"],
         "method": default["method"],
     }
+
+
+def require_ray() -> None:
+    try:
+        import ray  # noqa: F401
+        from ray import serve  # noqa: F401
+    except ImportError as err:
+        if os.environ.get("INTERLINGUA_REQUIRE_TOOLS") == "1":
+            pytest.fail(f"Ray Serve is not installed ({err}); make test installs '.[ray]'")
+        pytest.skip("Ray Serve is not installed (pip install '.[ray]')")
+
+
+@contextlib.contextmanager
+def ray_serve(settings: dict[str, object], replicas: dict[str, int], work_log: Path | None = None) -> Iterator[Server]:
+    """The Ray Serve application (service.scale.ray_app) on a local Ray cluster started here, ready, then shut down.
+    ``replicas``: per deployment (the ingress gets one); every replica asks for no CPU, so all fit on a small host."""
+    if EXTERNAL:
+        pytest.skip("starts its own local Ray cluster")
+    require_ray()
+    import ray
+    from ray import serve
+
+    from service.scale.ray_app import build
+
+    env = {"INTERLINGUA_WORK_LOG": str(work_log)} if work_log else {}
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        cpu0 = {"ray_actor_options": {"num_cpus": 0}}
+        deployments = {name: {**cpu0, "num_replicas": n} for name, n in {"ingress": 1, **replicas}.items()}
+        serve.run(build({"settings": settings, "deployments": deployments}), name="interlingua", route_prefix="/")
+        server = Server(f"http://127.0.0.1:{port}", None, None)
+        with server.client() as c:
+            deadline = time.monotonic() + 600
+            while (ready := c.get("/ready")).status_code != 200:
+                assert time.monotonic() < deadline, ready.text
+                time.sleep(1)
+        yield server
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def default_server(real_pair: dict[str, object], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``make serve`` from an empty map store: the bundled default maps are installed on first start (in the store
+    next to its log: ``server.log.parent / "maps"``)."""
+    if EXTERNAL:
+        pytest.skip("starts its own server")
+    root = tmp_path_factory.mktemp("defaults")
+    server = start_server({"INTERLINGUA_MAPS": str(root / "maps")}, root / "server.log")  # default models, settings
+    yield server
+    stop_server(server)

@@ -5,7 +5,6 @@ server: the same answers for every mode and for /translate, with two replicas of
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -16,47 +15,19 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import EXTERNAL, Server, free_port
+from tests.integration.conftest import Server, ray_serve
 
 pytestmark = pytest.mark.slow
 
 TEXT = "the old mill of Varn was built in 1874 by Quill Halvard"
 PROMPT = " question: who built the mill? answer:"
-APP = "interlingua"
-
-
-def require_ray() -> None:
-    try:
-        import ray  # noqa: F401
-        from ray import serve  # noqa: F401
-    except ImportError as err:
-        if os.environ.get("INTERLINGUA_REQUIRE_TOOLS") == "1":
-            pytest.fail(f"Ray Serve is not installed ({err}); make test installs '.[ray]'")
-        pytest.skip("Ray Serve is not installed (pip install '.[ray]')")
 
 
 @pytest.fixture(scope="module")
 def ray_server(
     tiny_dirs: dict[str, Path], tiny_maps: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Server, Path]]:
-    if EXTERNAL:
-        pytest.skip("starts its own local Ray cluster")
-    require_ray()
-    import ray
-    from ray import serve
-
-    from service.scale.ray_app import build
-
     work_log = tmp_path_factory.mktemp("ray") / "work.jsonl"
-    os.environ["INTERLINGUA_WORK_LOG"] = str(work_log)  # the replicas inherit the driver's environment
-    port = free_port()
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"INTERLINGUA_WORK_LOG": str(work_log)}},
-    )
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     settings = {
         "models": f"llama={tiny_dirs['llama']},gemma3={tiny_dirs['gemma3']}",
         "maps": str(tiny_maps),
@@ -64,25 +35,12 @@ def ray_server(
         "max_text_chars": 2000,
         "max_new_tokens": 64,
     }
-    # num_cpus 0: every replica fits on this 2-core machine; two replicas of the llama source and gemma3 target.
-    cpu0 = {"ray_actor_options": {"num_cpus": 0}}
-    deployments = {
-        name: {**cpu0, "num_replicas": 2 if name in ("source-llama", "target-gemma3") else 1}
-        for name in ("ingress", "source-llama", "source-gemma3", "target-llama", "target-gemma3")
-    }
-    try:
-        serve.run(build({"settings": settings, "deployments": deployments}), name=APP, route_prefix="/")
-        server = Server(f"http://127.0.0.1:{port}", None, None)
-        with server.client() as c:
-            deadline = time.monotonic() + 300
-            while c.get("/ready").status_code != 200:
-                assert time.monotonic() < deadline, c.get("/ready").text
-                time.sleep(1)
+    # Two replicas of the llama source and of the gemma3 target.
+    replicas = {"source-llama": 2, "target-gemma3": 2}
+    with ray_serve(
+        settings, {**{f"{r}-{m}": 1 for r in ("source", "target") for m in ("llama", "gemma3")}, **replicas}, work_log
+    ) as server:
         yield server, work_log
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        os.environ.pop("INTERLINGUA_WORK_LOG", None)
 
 
 def request(mode: str, source: str = "llama", target: str = "gemma3", **extra: object) -> dict[str, object]:

@@ -76,17 +76,6 @@ def test_real_pair_generate_and_translate(real_server: Server) -> None:
     assert translated["native_cosine"]["mean"] > 0.5
 
 
-@pytest.fixture(scope="module")
-def default_server(real_pair: dict[str, LoadedModel], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """``make serve`` from an empty map store: the bundled default maps are installed on first start."""
-    if EXTERNAL:
-        pytest.skip("starts its own server")
-    root = tmp_path_factory.mktemp("defaults")
-    server = start_server({"INTERLINGUA_MAPS": str(root / "maps")}, root / "server.log")  # default models, settings
-    yield server
-    stop_server(server)
-
-
 @pytest.mark.parametrize("source,target", [("smollm2", "gemma3"), ("gemma3", "smollm2")])
 @pytest.mark.parametrize("mode", ["native", "replace", "full", "embeds", "last_token"])
 def test_a_fresh_server_answers_every_mode_in_both_directions(

@@ -393,6 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--pairs", default=None, help="only these directions, e.g. smollm2__gemma3 (default all)")
     ev.add_argument("--methods", default=None, help="only these methods, e.g. linear,distill (default all)")
     ev.add_argument(
+        "--grids",
+        default="source",
+        help="token grids the handed-over states follow, comma-separated: source (one state per source token), "
+        "target (one per target token, from the aligned source token); default source",
+    )
+    ev.add_argument(
         "--chat",
         action="store_true",
         help="ask the question through the target's chat template, where it has one, in every condition alike",

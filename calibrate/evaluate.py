@@ -33,7 +33,7 @@ from calibrate.probes import qa_suffix as plain_qa_suffix
 from calibrate.report import heatmap
 from calibrate.scoring import exact_match, f1_score, first_line
 from service.runtime.generate import SamplingParams, generate, suffix_nll
-from service.runtime.handover import LayerMap, prepare
+from service.runtime.handover import GRIDS, Grid, LayerMap, prepare
 from service.runtime.loading import LoadedModel, load_model
 from service.runtime.modes import HANDOVER_MODES, get_mode
 from service.runtime.prompt import Prompt
@@ -132,9 +132,11 @@ def identity_builder(target: LoadedModel, mode: str, layer: int) -> PromptBuilde
     return build
 
 
-def translated_builder(source: LoadedModel, target: LoadedModel, mode: str, maps: list[LayerMap]) -> PromptBuilder:
+def translated_builder(
+    source: LoadedModel, target: LoadedModel, mode: str, maps: list[LayerMap], grid: Grid = "source"
+) -> PromptBuilder:
     def build(text: str, suffix: str) -> Prompt:
-        return prepare(source, target, text, suffix, mode, maps).prompt
+        return prepare(source, target, text, suffix, mode, maps, grid=grid).prompt
 
     return build
 
@@ -178,6 +180,7 @@ def evaluate_direction(
     texts: list[str] | None = None,
     screen_by: str = "f1",
     methods: list[str] | None = None,
+    grids: tuple[Grid, ...] = ("source",),
 ) -> dict[str, Any]:
     """QA on ``items`` and, with ``texts``, the continuation CBR on plain text, for the best map of each method.
 
@@ -256,16 +259,16 @@ def evaluate_direction(
     translated, identity = [], {}
     for method, row in tqdm(sorted(best.items()), desc=f"modes {source.name}->{target.name}", unit="method"):
         key = MapKey(row["source"], row["target"], row["source_layer"], row["target_layer"], method)
-        for mode in modes:
+        for mode, grid in [(m, g) for m in modes for g in grids]:
             layer = _layer(mode, key.target_layer)
             maps = _maps_for(store, source, target, key, mode)
             if maps is None:
-                translated.append({**key.as_dict(), "mode": mode, "missing": "maps not in store"})
+                translated.append({**key.as_dict(), "mode": mode, "grid": grid, "missing": "maps not in store"})
                 continue
             # last_token places its vector after every scored continuation token: its NLL would be the no-context
             # NLL by construction, so none is reported.
             with_nll = get_mode(mode).scores_continuation
-            builder = translated_builder(source, target, mode, maps)
+            builder = translated_builder(source, target, mode, maps, grid)
             scores = batched(target, builder, items, params, batch_size, with_nll)
             if texts and with_nll:
                 scores["text_nll"] = text_nll(target, builder, texts, batch_size)
@@ -278,6 +281,7 @@ def evaluate_direction(
                 {
                     **key.as_dict(),
                     "mode": mode,
+                    "grid": grid,
                     "layers": f"L{maps[-1].source_layer}->L{maps[-1].target_layer}",  # the map this mode used
                     **scores,
                     "cbr": cbr(scores["nll"]) if with_nll else None,
@@ -322,15 +326,16 @@ def eval_markdown(result: dict[str, Any]) -> str:
     ]
     for r in result["translated"]:
         layers = r.get("layers") or f"L{r['source_layer']}->L{0 if r['mode'] == 'embeds' else r['target_layer']}"
+        mode = r["mode"] + (" (target grid)" if r.get("grid") == "target" else "")
         if "missing" in r:
-            lines.append(f"| {r['method']} | {layers} | {r['mode']} | n/a ({r['missing']}) | | | | | | |")
+            lines.append(f"| {r['method']} | {layers} | {mode} | n/a ({r['missing']}) | | | | | | |")
             continue
         pct = "n/a" if r["pct_native"] != r["pct_native"] else f"{r['pct_native']:.0f}%"
         nll = "n/a" if r.get("nll") is None else f"{r['nll']:.3f}"
         cbr = "n/a" if r.get("cbr") is None else f"{r['cbr']:.2f}"
         tcbr = "n/a" if r.get("text_cbr") is None else f"{r['text_cbr']:.2f}"
         lines.append(
-            f"| {r['method']} | {layers} | {r['mode']} | {r['em']:.1f} | {r['f1']:.1f} | {pct} | "
+            f"| {r['method']} | {layers} | {mode} | {r['em']:.1f} | {r['f1']:.1f} | {pct} | "
             f"{b['alone']['f1']:.1f} | {r['identity_f1']:.1f} | {nll} | {cbr} |" + (f" {tcbr} |" if text else "")
         )
     return "\n".join(lines) + "\n"
@@ -358,6 +363,9 @@ def run_eval(args: argparse.Namespace) -> int:
         for name, info in calib["models"].items()
     }
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    grids = tuple(g.strip() for g in args.grids.split(",") if g.strip())
+    if not grids or any(g not in GRIDS for g in grids):
+        raise ValueError(f"--grids takes a comma-separated list of {', '.join(GRIDS)}, got {args.grids!r}")
     bad = [m for m in modes if m not in HANDOVER_MODES]
     if bad:
         raise ValueError(f"unknown mode(s) {bad}; choose from {', '.join(HANDOVER_MODES)}")
@@ -391,6 +399,7 @@ def run_eval(args: argparse.Namespace) -> int:
             texts,
             screen_by,
             [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None,
+            grids,
         )
         result["chat"] = bool(args.chat and models[target_name].tokenizer.chat_template)
         results.append(result)

@@ -123,6 +123,11 @@ class Settings(BaseSettings):
         )
 
     @property
+    def vllm_options(self) -> dict[str, object]:
+        """What every vLLM engine here is built with (``vllm_engine.engine_options``): dtype and the vLLM group."""
+        return {"dtype": self.dtype, **self.vllm.model_dump()}
+
+    @property
     def model_specs(self) -> dict[str, str]:
         return parse_assignments(self.models, "INTERLINGUA_MODELS")
 

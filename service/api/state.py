@@ -128,8 +128,7 @@ class ServiceState:
 
             self.detail = f"starting the vllm encoder of {alias} (layers {layers})"
             log.info(self.detail)
-            vllm = self.settings.vllm.model_dump()
-            self.encoders[alias] = VLLMEncoder(model, layers, dtype=self.settings.dtype, **vllm)
+            self.encoders[alias] = VLLMEncoder(model, layers, **self.settings.vllm_options)
 
     def engine_names(self, alias: str) -> tuple[str, str]:
         """What decodes ``alias`` as a target and what encodes it as a source."""

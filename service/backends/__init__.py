@@ -61,7 +61,7 @@ def _vllm(target: LoadedModel, settings: Settings | None = None) -> Backend:
     from service.settings import Settings
 
     s = settings or Settings()
-    return VLLMBackend(target, dtype=s.dtype, **s.vllm.model_dump())
+    return VLLMBackend(target, **s.vllm_options)
 
 
 BACKENDS: dict[str, Callable[[LoadedModel, Settings | None], Backend]] = {

@@ -36,41 +36,44 @@ def _import_vllm() -> Any:
     return vllm
 
 
+def engine_options(
+    model: LoadedModel,
+    *,
+    dtype: str = "float32",
+    seed: int = 0,
+    tensor_parallel_size: int = 1,
+    gpu_memory_utilization: float = 0.9,
+    max_model_len: int | None = None,
+    enforce_eager: bool | None = None,
+) -> dict[str, Any]:
+    """The engine arguments every vLLM engine of this service shares (``VLLMSettings`` plus dtype and seed)."""
+    folder = resolve_spec(model.spec)
+    return {
+        "model": folder,
+        "tokenizer": folder,
+        "dtype": dtype,
+        "tensor_parallel_size": tensor_parallel_size,
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "max_model_len": max_model_len,
+        # No CUDA graphs to capture on CPU.
+        "enforce_eager": not torch.cuda.is_available() if enforce_eager is None else enforce_eager,
+        "seed": seed,
+        "disable_log_stats": True,
+    }
+
+
 class VLLMBackend:
     """A vLLM engine for one target model, stepped on the caller's thread."""
 
     name = "vllm"
 
-    def __init__(
-        self,
-        target: LoadedModel,
-        *,
-        dtype: str = "float32",
-        tensor_parallel_size: int = 1,
-        gpu_memory_utilization: float = 0.9,
-        max_model_len: int | None = None,
-        enforce_eager: bool | None = None,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, target: LoadedModel, **options: Any) -> None:
+        """``options``: ``engine_options``' keywords (dtype, seed and the ``VLLMSettings`` fields)."""
         vllm = _import_vllm()
         from vllm.engine.arg_utils import EngineArgs
 
         self.target = target
-        folder = resolve_spec(target.spec)
-        if enforce_eager is None:
-            enforce_eager = not torch.cuda.is_available()  # no CUDA graphs to capture on CPU
-        args = EngineArgs(
-            model=folder,
-            tokenizer=folder,
-            dtype=dtype,
-            tensor_parallel_size=tensor_parallel_size,
-            gpu_memory_utilization=gpu_memory_utilization,
-            max_model_len=max_model_len,
-            enforce_eager=enforce_eager,
-            enable_prompt_embeds=True,
-            seed=seed,
-            disable_log_stats=True,
-        )
+        args = EngineArgs(**engine_options(target, **options), enable_prompt_embeds=True)
         self.engine = vllm.LLMEngine.from_engine_args(args)
         self._vllm = vllm
         self._ids = itertools.count()

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from service.backends.vllm_engine import _import_vllm
+from service.backends.vllm_engine import _import_vllm, engine_options
 from service.runtime.encode import Encoded, check_layers
-from service.runtime.loading import LoadedModel, resolve_spec
+from service.runtime.loading import LoadedModel
 
 # The transformers architecture -> this project's vLLM class for it (in vllm_states_model).
 STATES_CLASSES = {
@@ -50,18 +50,8 @@ class VLLMEncoder:
 
     name = "vllm"
 
-    def __init__(
-        self,
-        source: LoadedModel,
-        layers: list[int],
-        *,
-        dtype: str = "float32",
-        tensor_parallel_size: int = 1,
-        gpu_memory_utilization: float = 0.9,
-        max_model_len: int | None = None,
-        enforce_eager: bool | None = None,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, source: LoadedModel, layers: list[int], **options: Any) -> None:
+        """``options``: ``vllm_engine.engine_options``' keywords (dtype, seed and the ``VLLMSettings`` fields)."""
         vllm = _import_vllm()
         if source.architecture not in STATES_CLASSES:
             raise ValueError(
@@ -81,23 +71,12 @@ class VLLMEncoder:
         }
         if isinstance(getattr(config, "layer_types", None), list):  # per-block attention kinds follow the cut
             overrides["layer_types"] = list(config.layer_types)[:cut]
-        if enforce_eager is None:
-            enforce_eager = not torch.cuda.is_available()
-        folder = resolve_spec(source.spec)
         self.llm = vllm.LLM(
-            model=folder,
-            tokenizer=folder,
+            **engine_options(source, **options),
             runner="pooling",
             hf_overrides=overrides,
-            dtype=dtype,
-            tensor_parallel_size=tensor_parallel_size,
-            gpu_memory_utilization=gpu_memory_utilization,
-            max_model_len=max_model_len,
-            enforce_eager=enforce_eager,
             # Cached prefix blocks are not run again, so their tokens would have no states: every prompt runs whole.
             enable_prefix_caching=False,
-            seed=seed,
-            disable_log_stats=True,
         )
 
     def covers(self, layers: list[int]) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -16,7 +17,12 @@ from aligners import Aligner
 from service.runtime.encode import Encoded, encode
 from service.runtime.loading import LoadedModel
 from service.runtime.modes import Handed, get_mode
+from service.runtime.pairing import grid_indices
 from service.runtime.prompt import LastTokenOp, Prompt
+
+# Which tokens' states the target receives: one per source token, or one per target token (``grid_indices``).
+Grid = Literal["source", "target"]
+GRIDS: tuple[Grid, ...] = ("source", "target")
 
 # Texts and layers -> states: ``encode`` with the source's transformers modules, or another engine's encoder.
 Encoder = Callable[[list[str], list[int]], list[Encoded]]
@@ -92,11 +98,20 @@ def build_prompt(
     mode: str,
     projected: Projected | None,
     op: LastTokenOp = "replace",
+    grid: Grid = "source",
 ) -> Prompt:
     """The target side of a handover: the target's prompt for a mode, from the projected states (None for
-    ``native``, where the target tokenises ``text`` itself) and the ``suffix`` it reads natively after them."""
+    ``native``, where the target tokenises ``text`` itself) and the ``suffix`` it reads natively after them. With
+    ``grid="target"`` the target receives one state per token of its own tokenisation of ``text``, each taken from
+    the source token aligned with it (``pairing.grid_indices``); maps work per token, so choosing rows after mapping
+    is the same as before."""
     suffix_ids, _ = target.tokenize(suffix) if suffix else ([], [])
     mapped = {} if projected is None else {k: v.to(target.stack.dtype) for k, v in projected.mapped.items()}
+    if grid == "target" and projected is not None:
+        rows = torch.tensor(grid_indices(projected.offsets, target.tokenize(text)[1]), dtype=torch.long)
+        mapped = {k: v[rows.to(v.device)] for k, v in mapped.items()}
+    elif grid not in GRIDS:
+        raise ValueError(f"grid must be one of {', '.join(GRIDS)}, got {grid!r}")
     return get_mode(mode).build(Handed(target, text, suffix_ids, mapped, max(mapped, default=0), op))
 
 
@@ -109,13 +124,15 @@ def prepare(
     maps: list[LayerMap],
     op: LastTokenOp = "replace",
     encoder: Encoder | None = None,
+    grid: Grid = "source",
 ) -> Handover:
     """Encode ``text`` with the source, project it with ``maps`` and build the target's prompt (``modes``).
 
     ``maps`` holds one map per target layer the mode needs (``HandoverMode.map_layers``: the injection layer, and for
     ``full`` every layer below it; the deepest is the injection layer). ``native`` needs no maps: the target tokenises
     ``text`` itself. ``suffix`` is read by the target natively after the handed-over prefix. ``encoder`` computes the
-    source's states (default: ``encode`` with the source's transformers modules).
+    source's states (default: ``encode`` with the source's transformers modules); ``grid`` whose token grid the
+    handed-over states follow (``build_prompt``).
     """
     if not get_mode(mode).uses_maps:
         ids, offsets = target.tokenize(text)
@@ -123,5 +140,5 @@ def prepare(
         return Handover(prompt, ids, offsets, {"encode": 0.0, "project": 0.0})
     check_maps(mode, maps, source.hidden_size, target.hidden_size)
     projected = project(source, text, maps, encoder)
-    prompt = build_prompt(target, text, suffix, mode, projected, op)
+    prompt = build_prompt(target, text, suffix, mode, projected, op, grid)
     return Handover(prompt, projected.ids, projected.offsets, projected.timings_ms)

@@ -35,3 +35,24 @@ def paired_states(
     """Rows of (n_pairs, d_src) and (n_pairs, d_tgt) for one text."""
     si, ti = pair_indices(src_offsets, tgt_offsets)
     return src_states[si], tgt_states[ti]
+
+
+def grid_indices(src_offsets: list[tuple[int, int]], tgt_offsets: list[tuple[int, int]]) -> list[int]:
+    """For each target token, the source token whose state stands in for it on the target's token grid: the first
+    source token ending at or after the target token's end (the one ending at the same character where there is one,
+    as calibration pairs them; else the source token that has just read past it). A token with an empty span takes
+    the choice before it (the first source token at the start); tokens past the source's last character take the
+    last source token."""
+    ends = [(end, i) for i, (start, end) in enumerate(src_offsets) if end > start]
+    if not ends:
+        raise ValueError("the source side has no tokens with text to stand in for the target's tokens")
+    out: list[int] = []
+    k = 0
+    for start, end in tgt_offsets:
+        if end <= start:
+            out.append(out[-1] if out else ends[0][1])
+            continue
+        while k < len(ends) - 1 and ends[k][0] < end:
+            k += 1
+        out.append(ends[k][1])
+    return out

@@ -138,7 +138,7 @@ class SourceModel(_Replica):
         if self.settings.encoder_for(alias) == "vllm" and layers:
             from service.backends.vllm_source import VLLMEncoder
 
-            self.vllm = VLLMEncoder(self.model, layers, dtype=self.settings.dtype, **self.settings.vllm.model_dump())
+            self.vllm = VLLMEncoder(self.model, layers, **self.settings.vllm_options)
 
     def info(self) -> ModelCard:
         return self.card(encoder="vllm" if self.vllm is not None else "transformers")

@@ -10,6 +10,7 @@ from aligners.store import matching_layer
 from service.runtime.generate import SamplingParams, check_prompt, generate, stream_batch
 from service.runtime.handover import LayerMap, prepare
 from service.runtime.loading import LoadedModel, fingerprint, load_model
+from service.runtime.pairing import grid_indices
 from service.runtime.prompt import Prompt
 from tests.runtime.test_oracles import SUFFIX, TEXT, prompt_for
 
@@ -131,3 +132,34 @@ def test_fingerprint_ignores_dtype_and_sees_weights(tiny_dirs, tiny: dict[str, L
     with torch.no_grad():
         changed.model.model.layers[1].mlp.down_proj.weight.mul_(1.01)
     assert fingerprint(changed.model) != m.fingerprint
+
+
+def test_grid_indices_follow_the_target_tokens() -> None:
+    # "the lamp": source cuts "the| la|mp", target "the| lamp"; a special target token (0, 0) at the start.
+    src = [(0, 3), (3, 6), (6, 8)]
+    tgt = [(0, 0), (0, 3), (3, 8)]
+    assert grid_indices(src, tgt) == [0, 0, 2]
+    # The target cuts finer: each of its tokens takes the source token that has just read past it.
+    assert grid_indices([(0, 3), (3, 8)], [(0, 2), (2, 3), (3, 5), (5, 8)]) == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match="no tokens with text"):
+        grid_indices([(0, 0)], [(0, 3)])
+
+
+def test_target_grid_hands_over_one_state_per_target_token(tiny: dict[str, LoadedModel]) -> None:
+    src, tgt = tiny["llama"], tiny["gemma3"]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, src.hidden_size, generator=g)
+    y = torch.randn(64, tgt.hidden_size, generator=g)
+    maps = [LayerMap(1, 0, build("affine").fit(x, y))]
+    on_source = prepare(src, tgt, TEXT, SUFFIX, "embeds", maps)
+    on_target = prepare(src, tgt, TEXT, SUFFIX, "embeds", maps, grid="target")
+    rows = grid_indices(on_source.source_offsets, tgt.tokenize(TEXT)[1])
+    assert on_target.prompt.states is not None and on_source.prompt.states is not None
+    assert on_target.prompt.states.shape[0] == len(tgt.tokenize(TEXT)[0]) != on_source.prompt.states.shape[0]
+    torch.testing.assert_close(on_target.prompt.states, on_source.prompt.states[rows])
+    # A model handing over to itself: both grids are the same tokens, so the same prompt.
+    same = [LayerMap(1, 1, build("affine").fit(x, x))]
+    a = prepare(src, src, TEXT, SUFFIX, "replace", same).prompt
+    b = prepare(src, src, TEXT, SUFFIX, "replace", same, grid="target").prompt
+    assert a.states is not None and b.states is not None
+    torch.testing.assert_close(a.states, b.states)

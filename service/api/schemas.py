@@ -159,6 +159,11 @@ class GenerateRequest(BaseModel):
     layer: int | None = Field(None, ge=0, description="target injection layer (default: the default map's)")
     method: str | None = None
     op: Literal["replace", "sum", "mean"] = Field("replace", description="last_token mode: how A's state enters")
+    grid: Literal["source", "target"] = Field(
+        "source",
+        description="whose tokens the handed-over states follow: one per source token, or one per token of the "
+        "target's own tokenisation of text, each from the source token aligned with it",
+    )
     max_new_tokens: int = Field(32, ge=1)
     temperature: float = Field(0.0, ge=0.0, le=5.0, allow_inf_nan=False, description="0 = greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)

@@ -240,7 +240,7 @@ class ServiceState:
         encoder = self.encoder(req.source, sorted({m.source_layer for m in resolved.maps}))
 
         def build() -> tuple[Prompt, dict[str, float], int]:
-            handover = prepare(src, tgt, req.text, req.prompt, req.mode, resolved.maps, req.op, encoder)
+            handover = prepare(src, tgt, req.text, req.prompt, req.mode, resolved.maps, req.op, encoder, req.grid)
             check_room(tgt, handover.prompt, req.max_new_tokens)
             return handover.prompt, handover.timings_ms, 0 if req.mode == "native" else len(handover.source_ids)
 

@@ -80,8 +80,10 @@ class PendingHandover:
     suffix: str
     mode: str
     op: str
+    grid: str
     max_new_tokens: int
-    projected: Any  # a DeploymentResponse resolving to a Projected (None for native)
+    project: Callable[[], Any] | None = None  # starts the source call: a DeploymentResponse resolving to a Projected
+    projected: Any = None  # its pending answer (None for native)
 
 
 class _Replica:
@@ -191,7 +193,7 @@ class TargetModel(_Replica):
         prompts, keep = [], []
         for i, (h, p) in enumerate(zip(items, projected, strict=True)):
             try:
-                prompt = build_prompt(self.model, h.text, h.suffix, h.mode, p, h.op)  # type: ignore[arg-type]
+                prompt = build_prompt(self.model, h.text, h.suffix, h.mode, p, h.op, h.grid)  # type: ignore[arg-type]
                 check_room(self.model, prompt, h.max_new_tokens)
             except ValueError as err:
                 yield StepEvent(i, -1, "", True, None, err)
@@ -243,8 +245,11 @@ class RayBackend:
         done: set[int] = set()
         for attempt in range(2):
             started = False
+            if attempt:  # a lost replica may have been a source replica: project again
+                for h in prompts:
+                    h.projected = h.project() if h.project is not None else None
             # The pending states go as arguments of their own (Serve resolves those, not ones nested in a list).
-            items = [dataclasses.replace(h, projected=None) for h in prompts]
+            items = [dataclasses.replace(h, project=None, projected=None) for h in prompts]
             states = [h.projected for h in prompts]
             gen: Any = self.handle.options(stream=True).generate.remote(items, params, *states)
             try:
@@ -321,13 +326,15 @@ class RayState(ServiceState):
         maps = [(m.source_layer, m.target_layer, str(p)) for m, p in zip(resolved.maps, resolved.paths, strict=True)]
         target_fp = self.models[req.target].fingerprint
 
+        def project() -> Any:
+            # Started now, awaited by the target replica: the states go from replica to replica.
+            return self._source(req.source).project.remote(rid, req.text, maps, target_fp)
+
         def build() -> tuple[PendingHandover, dict[str, float], int]:
-            projected = None
+            h = PendingHandover(rid, req.text, req.prompt, req.mode, req.op, req.grid, req.max_new_tokens)
             if maps:
-                source = self._source(req.source)
-                # Started now, awaited by the target replica: the states go from replica to replica.
-                projected = source.project.remote(rid, req.text, maps, target_fp)
-            h = PendingHandover(rid, req.text, req.prompt, req.mode, req.op, req.max_new_tokens, projected)
+                h.project = project
+                h.projected = project()
             return h, {}, 0
 
         return build

@@ -89,6 +89,21 @@ def test_generate_every_mode(server: Server, pair: dict, mode: str) -> None:
         assert body["target_layer"] == 0
 
 
+def test_target_grid_hands_over_one_state_per_target_token(server: Server, pair: dict) -> None:
+    req = {**pair, "text": TEXT, "prompt": "", "mode": "embeds", "max_new_tokens": 2}
+    req.pop("layer", None)
+    with server.client() as c:
+        on_source = c.post("/generate", json=req).json()["usage"]
+        on_target = c.post("/generate", json={**req, "grid": "target"}).json()["usage"]
+        native = c.post("/generate", json={**req, "mode": "native"}).json()["usage"]
+        bad = c.post("/generate", json={**req, "grid": "both"})
+    # The start token, then one position per source token, or one per target token (as many as native reads).
+    assert on_source["target_prompt_tokens"] == 1 + on_source["source_tokens"]
+    assert on_target["target_prompt_tokens"] == native["target_prompt_tokens"] != on_source["target_prompt_tokens"]
+    assert on_target["source_tokens"] == on_source["source_tokens"]
+    assert bad.status_code == 422 and "grid" in bad.text
+
+
 def test_seeded_sampling_and_greedy_are_reproducible(server: Server, pair: dict) -> None:
     req = {"source": pair["source"], "target": pair["target"], "text": TEXT, "prompt": PROMPT, "max_new_tokens": 8}
     with server.client() as c:

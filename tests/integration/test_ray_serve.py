@@ -65,6 +65,7 @@ def same(got: httpx.Response, want: httpx.Response) -> None:
 CASES = [
     request("native"),
     request("embeds", method="affine"),
+    request("embeds", method="affine", grid="target"),
     request("replace", layer=1),
     request("full", layer=2),
     request("last_token", layer=1),
@@ -73,7 +74,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("body", CASES, ids=lambda b: f"{b['source']}->{b['target']}-{b['mode']}")
+def case_id(b: dict[str, Any]) -> str:
+    return f"{b['source']}->{b['target']}-{b['mode']}-{b.get('grid', 'source')}"
+
+
+@pytest.mark.parametrize("body", CASES, ids=case_id)
 def test_ray_answers_like_the_single_process_server(ray_server, server: Server, body: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
     ray_s, _ = ray_server
     with ray_s.client() as r, server.client() as s:
@@ -141,7 +146,7 @@ def test_two_replicas_do_each_request_once_with_the_same_answers(ray_server, ser
     assert {d for d, _ in replicas} == {"source-llama", "target-gemma3"}
 
 
-def test_killing_a_replica_mid_run_loses_no_request(ray_server) -> None:  # type: ignore[no-untyped-def]
+def test_killing_replicas_mid_run_loses_no_request(ray_server) -> None:  # type: ignore[no-untyped-def]
     import ray
 
     ray_s, _ = ray_server
@@ -151,9 +156,10 @@ def test_killing_a_replica_mid_run_loses_no_request(ray_server) -> None:  # type
         time.sleep(0.5)
         running = sum(not f.done() for f in futures)
         named = ray.util.list_named_actors(all_namespaces=True)
-        victims = [a for a in named if "target-gemma3" in a["name"]]
-        assert len(victims) == 2, named
-        ray.kill(ray.get_actor(victims[0]["name"], namespace=victims[0]["namespace"]))
+        for deployment in ("target-gemma3", "source-llama"):  # one of the two replicas of each
+            victims = [a for a in named if deployment in a["name"]]
+            assert len(victims) == 2, named
+            ray.kill(ray.get_actor(victims[0]["name"], namespace=victims[0]["namespace"]))
         answers = [f.result(timeout=240) for f in futures]
     print("running at the kill:", running, "answers:", Counter(a.status_code for a in answers))
     assert running > 0  # the kill came mid-run

@@ -10,7 +10,11 @@ transformers backend.
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -36,6 +40,32 @@ def _import_vllm() -> Any:
     return vllm
 
 
+def engine_folder(folder: str) -> str:
+    """The checkpoint folder vLLM reads. A GGUF file this project converted (``loading.convert_gguf``) holds plain
+    float weights, but its config still names the GGUF file as a quantization, which vLLM refuses; vLLM then reads a
+    view of the folder (links to its files) whose config leaves that out."""
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        return folder  # a hub id
+    config = json.loads((path / "config.json").read_text())
+    if (config.get("quantization_config") or {}).get("quant_method") != "gguf":
+        return folder
+    view = path / "vllm-view"
+    if not (view / "config.json").is_file():
+        tmp = path / f"vllm-view.tmp{os.getpid()}"
+        tmp.mkdir(exist_ok=True)
+        for item in path.iterdir():
+            if item.is_file() and item.name != "config.json" and not (tmp / item.name).exists():
+                (tmp / item.name).symlink_to(item.resolve())
+        config.pop("quantization_config")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        if view.exists():  # made meanwhile by another process
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, view)
+    return str(view)
+
+
 def engine_options(
     model: LoadedModel,
     *,
@@ -47,7 +77,7 @@ def engine_options(
     enforce_eager: bool | None = None,
 ) -> dict[str, Any]:
     """The engine arguments every vLLM engine of this service shares (``VLLMSettings`` plus dtype and seed)."""
-    folder = resolve_spec(model.spec)
+    folder = engine_folder(resolve_spec(model.spec))
     return {
         "model": folder,
         "tokenizer": folder,

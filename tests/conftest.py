@@ -16,6 +16,18 @@ from tests.tiny import save_tiny
 ARCHS = ("llama", "mistral", "gemma3", "qwen2", "qwen3")
 
 
+def require_tool(module: str, name: str, extra: str) -> None:
+    """Skip a test whose optional tool is not installed, unless INTERLINGUA_REQUIRE_TOOLS=1 (CI), where that fails."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError as err:
+        if os.environ.get("INTERLINGUA_REQUIRE_TOOLS") == "1":
+            pytest.fail(f"{name} is not installed ({err}); make test installs '.[{extra}]'")
+        pytest.skip(f"{name} is not installed (pip install '.[{extra}]')")
+
+
 def _children() -> list[str]:
     """Live child processes of this test process: zombies, the ``ps`` call itself and Python's own multiprocessing
     resource tracker (it belongs to the interpreter and ends with it) left out."""

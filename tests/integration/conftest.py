@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from calibrate.cli import main as calibrate
+from tests.conftest import require_tool
 
 EXTERNAL = os.environ.get("INTERLINGUA_URL")
 
@@ -175,23 +176,13 @@ def pair(server: Server) -> dict[str, object]:
     }
 
 
-def require_ray() -> None:
-    try:
-        import ray  # noqa: F401
-        from ray import serve  # noqa: F401
-    except ImportError as err:
-        if os.environ.get("INTERLINGUA_REQUIRE_TOOLS") == "1":
-            pytest.fail(f"Ray Serve is not installed ({err}); make test installs '.[ray]'")
-        pytest.skip("Ray Serve is not installed (pip install '.[ray]')")
-
-
 @contextlib.contextmanager
 def ray_serve(settings: dict[str, object], replicas: dict[str, int], work_log: Path | None = None) -> Iterator[Server]:
     """The Ray Serve application (service.scale.ray_app) on a local Ray cluster started here, ready, then shut down.
     ``replicas``: per deployment (the ingress gets one); every replica asks for no CPU, so all fit on a small host."""
     if EXTERNAL:
         pytest.skip("starts its own local Ray cluster")
-    require_ray()
+    require_tool("ray.serve", "Ray Serve", "ray")
     import ray
     from ray import serve
 

@@ -24,7 +24,10 @@ import matplotlib.pyplot as plt
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", action="append", required=True, help="N=FOLDER with an eval-report.json")
+    parser.add_argument("--run", action="append", required=True, help="X=FOLDER with an eval-report.json")
+    parser.add_argument("--x", default="calibration passages", help="what X is (the axis label)")
+    parser.add_argument("--log", action="store_true", help="logarithmic x axis")
+    parser.add_argument("--methods", help="only these methods (comma-separated)")
     parser.add_argument("--mode", default="embeds")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -34,13 +37,14 @@ def main() -> None:
         n, folder = spec.split("=", 1)
         (report,) = json.loads((Path(folder) / "eval-report.json").read_text())
         native = report["baselines"]["native"]["f1"]
+        wanted = set(args.methods.split(",")) if args.methods else None
         for r in report["translated"]:
-            if r["mode"] == args.mode:
+            if r["mode"] == args.mode and r.get("grid", "source") == "source" and (not wanted or r["method"] in wanted):
                 rows.setdefault(f"{r['method']} {r['layers']}", []).append(
                     (int(n), r["pct_native"], r["cbr"], r.get("text_cbr", float("nan")))
                 )
     print(f"native F1 {native:.1f}; mode {args.mode}\n")
-    print("| method | passages | F1 % of native | CBR | text CBR |\n|---|---:|---:|---:|---:|")
+    print(f"| method | {args.x} | F1 % of native | CBR | text CBR |\n|---|---:|---:|---:|---:|")
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for name, points in sorted(rows.items()):
         points.sort()
@@ -50,11 +54,12 @@ def main() -> None:
         titles = ("F1, % of native", "CBR (QA continuation)", "CBR (plain text)")
         for ax, k, label in zip(axes, (1, 2, 3), titles, strict=True):
             ax.plot(xs, [p[k] for p in points], marker="o", label=name)
-            ax.set_xscale("log")
-            ax.set_xlabel("calibration passages")
+            if args.log:
+                ax.set_xscale("log")
+            ax.set_xlabel(args.x)
             ax.set_title(label)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Quality against calibration size ({args.mode})")
+    fig.suptitle(f"Quality against {args.x} ({args.mode})")
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)

@@ -3,8 +3,9 @@
     make serve &                                   # or any deployment
     python benchmarks/bench_service.py --url http://127.0.0.1:8000 --clients 16 --requests 4
 
-    make serve & make serve-ray &                  # the single-process server and the Ray Serve application
-    python benchmarks/bench_service.py --url single=http://127.0.0.1:8000 --url ray=http://127.0.0.1:8001
+    INTERLINGUA_PORT=8001 make serve &             # the single-process server on 8001 ...
+    make serve-ray &                               # ... and the Ray Serve application on 8000 (deploy/ray-serve.yaml)
+    python benchmarks/bench_service.py --url single=http://127.0.0.1:8001 --url ray=http://127.0.0.1:8000
 
 Each round sends clients x requests /generate calls of one mode to one server (rounds interleave servers and modes),
 with a fixed output length (the server's EOS still ends a completion early); then requests one at a time measure

@@ -29,6 +29,11 @@ def main() -> None:
     parser.add_argument("--log", action="store_true", help="logarithmic x axis")
     parser.add_argument("--methods", help="only these methods (comma-separated)")
     parser.add_argument("--mode", default="embeds")
+    parser.add_argument(
+        "--start",
+        help="a method whose score in the first run is the untrained point (x = 0) of the others: for a curve against "
+        "training steps, the least-squares start (linear) of a distill map",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     rows: dict[str, list[tuple[int, float, float, float]]] = {}
@@ -37,12 +42,16 @@ def main() -> None:
         n, folder = spec.split("=", 1)
         (report,) = json.loads((Path(folder) / "eval-report.json").read_text())
         native = report["baselines"]["native"]["f1"]
-        wanted = set(args.methods.split(",")) if args.methods else None
+        wanted = set(args.methods.split(",")) | {args.start} if args.methods else None
         for r in report["translated"]:
             if r["mode"] == args.mode and r.get("grid", "source") == "source" and (not wanted or r["method"] in wanted):
                 rows.setdefault(f"{r['method']} {r['layers']}", []).append(
                     (int(n), r["pct_native"], r["cbr"], r.get("text_cbr", float("nan")))
                 )
+    if args.start:
+        start = sorted(rows.pop(next(k for k in rows if k.startswith(f"{args.start} "))))[0]
+        for name in rows:
+            rows[name].append((0, *start[1:]))
     print(f"native F1 {native:.1f}; mode {args.mode}\n")
     print(f"| method | {args.x} | F1 % of native | CBR | text CBR |\n|---|---:|---:|---:|---:|")
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))

@@ -11,8 +11,9 @@ Mapped states travel from a source replica to a target replica through Ray's obj
 passed to the target call as it is), never as JSON or base64. Maps are read by every source replica from the map
 store, so on a cluster the store is a path every node sees (or baked into the image).
 
-A replica that dies mid-request costs no accepted request a hang: the source call is retried on another replica;
-a decode that fails before its first token is retried once; later, the request ends with 503 and Retry-After.
+A replica that dies mid-request costs no accepted request a hang: /translate's calls are retried on another replica;
+a /generate whose source or target replica is lost before its first token is sent again once, projected again;
+later, the request ends with 503 and Retry-After.
 """
 
 from __future__ import annotations

@@ -61,6 +61,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
 
     models = {"a": _load(args.source, args), "b": _load(args.target, args)}
+    if args.sampled:
+        calib = calib + _sampled(list(models.values()), args, timings)
     calib = _within_positions(calib, list(models.values()), margin=args.probe_tokens + 16)
     directions = [("a", "b")] + ([("b", "a")] if args.directions == "both" else [])
     plans: list[tuple[str, str, list[tuple[int, int]], set[tuple[int, int]]]] = []
@@ -87,7 +89,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
         timings[f"extract {model.name}"] = time.perf_counter() - start
 
     store = MapStore(args.out)
-    metadata = {"data": args.data, "seed": args.seed, "n_passages": len(calib), "format": "interlingua.map"}
+    metadata = {
+        "data": args.data,
+        "sampled": args.sampled,
+        "seed": args.seed,
+        "n_passages": len(calib),
+        "format": "interlingua.map",
+    }
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[dict[str, float]]] = {}
     trains_through = args.proxy_probes > 0 or any(m in TRAINED for m in methods)
@@ -116,6 +124,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     manifest = store.manifest()
     manifest["calibration"] = {
         "data": args.data,
+        "sampled": args.sampled,
         "seed": args.seed,
         "samples": args.samples,
         "eval_samples": args.eval_samples,
@@ -138,6 +147,21 @@ def cmd_fit(args: argparse.Namespace) -> int:
     print(fit_markdown(rows, timings))
     print(f"wrote {len(rows)} maps and {store.manifest_path}")
     return 0
+
+
+def _sampled(models: list[LoadedModel], args: argparse.Namespace, timings: dict[str, float]) -> list[Item]:
+    """``args.sampled`` passages written by the models (``calibrate.sampled``), split between them."""
+    from calibrate.sampled import sample_passages
+
+    start = time.perf_counter()
+    out: list[Item] = []
+    for k, model in enumerate(models):
+        n = args.sampled // len(models) + (k < args.sampled % len(models))
+        kept = sample_passages(model, n, args.seed, Path(args.cache))
+        print(f"{model.name}: {len(kept)} of {n} sampled passages kept (long enough)", file=sys.stderr)
+        out.extend(kept)
+    timings["sample passages"] = time.perf_counter() - start
+    return out
 
 
 def _within_positions(items: list[Item], models: list[LoadedModel], margin: int) -> list[Item]:
@@ -301,6 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--samples", type=int, default=1000, help="calibration passages (default 1000)")
     fit.add_argument(
+        "--sampled",
+        type=int,
+        default=0,
+        help="also calibrate on this many passages the models write themselves (half from each, seeded, cached; "
+        "any pair can make them offline); added to --data's passages (default 0)",
+    )
+    fit.add_argument(
         "--eval-samples", type=int, default=200, help="QA items held out from calibration for `eval` (default 200)"
     )
     fit.add_argument("--layers", default="8-16", help="source layers, e.g. 8-16 or 4,8,12 (default 8-16)")
@@ -444,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if getattr(args, name, 1) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if getattr(args, "sampled", 0) < 0:
+        parser.error("--sampled must be >= 0")
     try:
         return int(args.func(args))
     except (DataError, ModelSpecError, MapFileError, ValueError, LookupError) as err:

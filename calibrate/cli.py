@@ -189,7 +189,15 @@ def _through(target: LoadedModel, calib: list[Item], args: argparse.Namespace, t
     """Probes on the calibration passages and the target's own behaviour on them (see ``calibrate.distill``)."""
     start = time.perf_counter()
     kinds = [k.strip() for k in args.probes.split(",") if k.strip()]
-    probes = make_probes(target, calib, kinds, args.probe_tokens, per_passage=args.probes_per_passage, seed=args.seed)
+    probes = make_probes(
+        target,
+        calib,
+        kinds,
+        args.probe_tokens,
+        per_passage=args.probes_per_passage,
+        seed=args.seed,
+        cache=Path(args.cache),
+    )
     timings[f"probes {target.name}"] = time.perf_counter() - start
     config = TrainConfig(
         lr=args.lr,

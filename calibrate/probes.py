@@ -12,9 +12,12 @@ distributions are compared.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -50,8 +53,21 @@ def sentence_cut(text: str) -> int | None:
     return min(ends, key=lambda e: abs(e - len(text) / 2))
 
 
-def native_answers(target: LoadedModel, items: list[Item], max_new_tokens: int = 10, batch_size: int = 16) -> list[str]:
-    """The target's own greedy answer to each item's question, reading the passage natively (first line)."""
+def native_answers(
+    target: LoadedModel,
+    items: list[Item],
+    max_new_tokens: int = 10,
+    batch_size: int = 16,
+    cache: Path | None = None,
+) -> list[str]:
+    """The target's own greedy answer to each item's question, reading the passage natively (first line); cached
+    as JSON under ``cache/answers/`` when given."""
+    path = None
+    if cache is not None:
+        payload = json.dumps([target.fingerprint, max_new_tokens, [(it.context, it.question) for it in items]])
+        path = cache / "answers" / f"{target.fingerprint}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}.json"
+        if path.exists():
+            return list(json.loads(path.read_text(encoding="utf-8")))
     out: list[str] = []
     params = SamplingParams(max_new_tokens=max_new_tokens, stop=["\n"])
     for start in tqdm(range(0, len(items), batch_size), desc="native answers", unit="batch", leave=False):
@@ -61,6 +77,11 @@ def native_answers(target: LoadedModel, items: list[Item], max_new_tokens: int =
             for it in chunk
         ]
         out.extend(c.text.split("\n")[0] for c in generate(target, prompts, params))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(out), encoding="utf-8")
+        tmp.replace(path)
     return out
 
 
@@ -72,9 +93,11 @@ def make_probes(
     batch_size: int = 16,
     per_passage: int | None = None,
     seed: int = 0,
+    cache: Path | None = None,
 ) -> list[Probe]:
     """The probes of ``kinds`` for every passage that allows them (probe tokens cut to ``max_tokens``); with
-    ``per_passage``, that many of each passage's probes, drawn with ``seed`` (the teacher's cost is per probe)."""
+    ``per_passage``, that many of each passage's probes, drawn with ``seed`` (the teacher's cost is per probe). The
+    target's native answers for ``qa`` probes are cached under ``cache`` when given."""
     unknown = sorted(set(kinds) - set(PROBE_KINDS))
     if unknown or not kinds:
         raise ValueError(f"probe kinds must be a non-empty subset of {list(PROBE_KINDS)}, got {kinds}")
@@ -86,7 +109,7 @@ def make_probes(
         i: [k for k in drawn[i] if k != "qa" or it.has_qa][: per_passage or len(kinds)] for i, it in enumerate(items)
     }
     qa_items = [i for i in range(len(items)) if "qa" in applicable[i]]
-    native = native_answers(target, [items[i] for i in qa_items], batch_size=batch_size)
+    native = native_answers(target, [items[i] for i in qa_items], batch_size=batch_size, cache=cache)
     answers = dict(zip(qa_items, native, strict=True))
     probes: list[Probe] = []
     for i, it in enumerate(items):

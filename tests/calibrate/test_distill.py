@@ -200,3 +200,18 @@ def test_cli_trains_distill_maps_ranks_by_proxy_and_reports_curves(tiny_dirs: di
     assert aligner.kind == "distill" and meta["train"]["steps"] >= 1 and "init_kl" in meta["metrics"]
     with pytest.raises(SystemExit):
         main([*args, "--train-batch", "0"])
+
+
+def test_native_answers_are_cached_per_target_and_items(tiny: dict[str, LoadedModel], tmp_path: Path) -> None:
+    from calibrate.probes import native_answers
+
+    target = tiny["gemma3"]
+    items = [Item(str(i), t, question="Who built the mill?", answers=["x"]) for i, t in enumerate(corpus(3, seed=5))]
+    first = native_answers(target, items, max_new_tokens=4, cache=tmp_path)
+    assert first == native_answers(target, items, max_new_tokens=4)  # the same as computed afresh
+    (path,) = (tmp_path / "answers").glob("*.json")
+    path.write_text(json.dumps(["from the cache"] * len(items)))
+    assert native_answers(target, items, max_new_tokens=4, cache=tmp_path) == ["from the cache"] * len(items)
+    other = [Item("o", "another passage.", question="Who?", answers=["x"])]
+    native_answers(target, other, max_new_tokens=4, cache=tmp_path)
+    assert len(list((tmp_path / "answers").glob("*.json"))) == 2  # other items: another entry

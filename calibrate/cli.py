@@ -342,7 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--eval-samples", type=int, default=200, help="QA items held out from calibration for `eval` (default 200)"
     )
-    fit.add_argument("--layers", default="8-16", help="source layers, e.g. 8-16 or 4,8,12 (default 8-16)")
+    fit.add_argument(
+        "--layers",
+        default="2,4,8,12,16",
+        help="source layers, e.g. 8-16 or 2,4,8 (default 2,4,8,12,16: low layers carry token identity best to text "
+        "of other sources, middle layers more context)",
+    )
     fit.add_argument(
         "--target-layers",
         default=None,

@@ -10,7 +10,9 @@ mode a map that gets the tokens wrong cannot hand over names and numbers, whatev
     python benchmarks/token_identity.py --source smollm2 --target gemma3 --layers 0,2,4,8,12 --samples 300 \\
         --data builtin:fictional-qa,builtin:python-docs --other builtin:letters-qa --other builtin:stdlib-docs
 
-Prints a Markdown table.
+Prints a Markdown table. With ``--grid-qa SPEC``, it first checks that the source's token grid itself costs nothing:
+the target answers SPEC's questions reading the passages natively and reading them cut as the source cuts them (each
+source token's text re-tokenised by the target, so the target sees one or more of its own tokens per source token).
 """
 
 from __future__ import annotations
@@ -53,6 +55,31 @@ def paired_ids(src: Side, tgt: Side) -> torch.Tensor:
     return torch.tensor(out)
 
 
+def grid_qa(src: LoadedModel, tgt: LoadedModel, spec: str, n: int) -> tuple[float, float, float]:
+    """(native F1, F1 on the source's grid, share of source tokens that are one target token) on ``n`` QA items."""
+    from calibrate.evaluate import qa_suffix
+    from calibrate.scoring import f1_score, first_line
+    from service.runtime.generate import SamplingParams, generate
+    from service.runtime.prompt import Prompt
+
+    items = [it for it in read_items(spec, seed=0, builtin_size=2000) if it.has_qa][:n]
+    single = total = 0
+    f1s = []
+    for grid in ("native", "source"):
+        prompts = []
+        for it in items:
+            ids = tgt.tokenize(it.context)[0]
+            if grid == "source":
+                ids = []
+                for start, end in src.tokenize(it.context)[1]:
+                    piece = tgt.tokenize(it.context[start:end])[0]
+                    single, total, ids = single + (len(piece) == 1), total + 1, ids + piece
+            prompts.append(Prompt("native", tgt.tokenize(qa_suffix(it))[0], prefix_ids=ids))
+        outs = generate(tgt, prompts, SamplingParams(max_new_tokens=12))
+        f1s.append(100 * sum(f1_score(first_line(o.text), it.answers) for it, o in zip(items, outs, strict=True)))
+    return f1s[0] / len(items), f1s[1] / len(items), single / max(1, total)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default="smollm2")
@@ -62,10 +89,17 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=300, help="calibration passages")
     parser.add_argument("--other", action="append", default=[], help="another source to measure on (repeatable)")
     parser.add_argument("--held", type=int, default=40, help="passages per evaluation set")
+    parser.add_argument("--grid-qa", help="QA source for the token-grid check (e.g. builtin:letters-qa)")
     args = parser.parse_args()
     torch.manual_seed(0)
     layers = parse_layers(args.layers)
     src_model, tgt_model = load_model(args.source, name=args.source), load_model(args.target, name=args.target)
+    if args.grid_qa:
+        native, grid, single = grid_qa(src_model, tgt_model, args.grid_qa, args.held)
+        print(
+            f"{args.target} answering {args.held} {args.grid_qa} items: F1 {native:.1f} reading natively, {grid:.1f} "
+            f"on {args.source}'s token grid ({100 * single:.0f}% of its tokens are one {args.target} token)\n"
+        )
     items = read_items(args.data, seed=0, builtin_size=args.samples + 200)
     calib, held = split_items(items, args.samples, args.held, 0)
     sets = {"calibration source, held out": [it.context for it in held]}

@@ -76,7 +76,7 @@ def grid_qa(src: LoadedModel, tgt: LoadedModel, spec: str, n: int) -> tuple[floa
                     single, total, ids = single + (len(piece) == 1), total + 1, ids + piece
             prompts.append(Prompt("native", tgt.tokenize(qa_suffix(it))[0], prefix_ids=ids))
         outs = generate(tgt, prompts, SamplingParams(max_new_tokens=12))
-        f1s.append(100 * sum(f1_score(first_line(o.text), it.answers) for it, o in zip(items, outs, strict=True)))
+        f1s.append(sum(f1_score(first_line(o.text), it.answers) for it, o in zip(items, outs, strict=True)))
     return f1s[0] / len(items), f1s[1] / len(items), single / max(1, total)
 
 

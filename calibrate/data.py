@@ -7,8 +7,10 @@ not QA evaluation; SQuAD v2.0 unanswerable questions are skipped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,6 +152,25 @@ def read_items(spec: str, seed: int = 0, builtin_size: int = 2000) -> list[Item]
     if not items:
         raise DataError(f"{path}: no items")
     return items
+
+
+def cached_json(
+    cache: Path | None, kind: str, fingerprint: str, key: Any, compute: Callable[[], list[Any]]
+) -> list[Any]:
+    """``compute()``, kept as JSON under ``cache/kind/<fingerprint>-<hash of key>.json`` when ``cache`` is given and
+    read back from there on later calls (written atomically, so an interrupted run leaves no partial file)."""
+    if cache is None:
+        return compute()
+    digest = hashlib.sha256(json.dumps([fingerprint, key]).encode()).hexdigest()[:12]
+    path = cache / kind / f"{fingerprint}-{digest}.json"
+    if path.exists():
+        return list(json.loads(path.read_text(encoding="utf-8")))
+    out = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out), encoding="utf-8")
+    tmp.replace(path)
+    return out
 
 
 def split_items(items: list[Item], n_calib: int, n_eval: int, seed: int = 0) -> tuple[list[Item], list[Item]]:

@@ -12,8 +12,6 @@ distributions are compared.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import re
 from dataclasses import dataclass
@@ -21,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from calibrate.data import Item
+from calibrate.data import Item, cached_json
 from service.runtime.generate import SamplingParams, generate
 from service.runtime.loading import LoadedModel
 from service.runtime.prompt import Prompt
@@ -62,27 +60,21 @@ def native_answers(
 ) -> list[str]:
     """The target's own greedy answer to each item's question, reading the passage natively (first line); cached
     as JSON under ``cache/answers/`` when given."""
-    path = None
-    if cache is not None:
-        payload = json.dumps([target.fingerprint, max_new_tokens, [(it.context, it.question) for it in items]])
-        path = cache / "answers" / f"{target.fingerprint}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}.json"
-        if path.exists():
-            return list(json.loads(path.read_text(encoding="utf-8")))
-    out: list[str] = []
-    params = SamplingParams(max_new_tokens=max_new_tokens, stop=["\n"])
-    for start in tqdm(range(0, len(items), batch_size), desc="native answers", unit="batch", leave=False):
-        chunk = items[start : start + batch_size]
-        prompts = [
-            Prompt("native", target.tokenize(qa_suffix(it.question))[0], prefix_ids=target.tokenize(it.context)[0])
-            for it in chunk
-        ]
-        out.extend(c.text.split("\n")[0] for c in generate(target, prompts, params))
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(out), encoding="utf-8")
-        tmp.replace(path)
-    return out
+
+    def answer() -> list[str]:
+        out: list[str] = []
+        params = SamplingParams(max_new_tokens=max_new_tokens, stop=["\n"])
+        for start in tqdm(range(0, len(items), batch_size), desc="native answers", unit="batch", leave=False):
+            chunk = items[start : start + batch_size]
+            prompts = [
+                Prompt("native", target.tokenize(qa_suffix(it.question))[0], prefix_ids=target.tokenize(it.context)[0])
+                for it in chunk
+            ]
+            out.extend(c.text.split("\n")[0] for c in generate(target, prompts, params))
+        return out
+
+    key = [max_new_tokens, [(it.context, it.question) for it in items]]
+    return cached_json(cache, "answers", target.fingerprint, key, answer)
 
 
 def make_probes(

@@ -9,14 +9,12 @@ machine, and cached as JSON under ``<cache>/samples/``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from pathlib import Path
 
 from tqdm import tqdm
 
-from calibrate.data import Item
+from calibrate.data import Item, cached_json
 from calibrate.prose import MAX_CHARS, MIN_CHARS
 from service.runtime.generate import SamplingParams, generate
 from service.runtime.loading import LoadedModel
@@ -32,12 +30,7 @@ def trim(text: str) -> str | None:
     text = text.strip()[:MAX_CHARS]
     ends = [m.end() for m in re.finditer(r"[.!?](?=\s|$)|\n", text) if m.end() >= MIN_CHARS]
     text = text[: ends[-1]].strip() if ends else text
-    return text if len(text) >= MIN_CHARS and text.strip() else None
-
-
-def _cache_path(root: Path, model: LoadedModel, n: int, seed: int, tokens: int, batch_size: int) -> Path:
-    key = json.dumps([model.fingerprint, n, seed, tokens, TEMPERATURE, TOP_P, batch_size])
-    return root / "samples" / f"{model.fingerprint}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+    return text if len(text) >= MIN_CHARS else None
 
 
 def sample_passages(
@@ -52,11 +45,9 @@ def sample_passages(
     ``seed * 1_000_003 + i`` (fewer come back where samples are too short to keep)."""
     if n < 0:
         raise ValueError(f"the number of sampled passages must be >= 0, got {n}")
-    path = None if cache is None else _cache_path(cache, model, n, seed, tokens, batch_size)
-    if path is not None and path.exists():
-        texts = json.loads(path.read_text(encoding="utf-8"))
-    else:
-        texts = []
+
+    def sample() -> list[str]:
+        texts: list[str] = []
         for start in tqdm(range(0, n, batch_size), desc=f"sample {model.name}", unit="batch", leave=False):
             count = min(batch_size, n - start)
             params = [
@@ -65,10 +56,9 @@ def sample_passages(
             ]
             outs = generate(model, [Prompt("native", [], prefix_ids=[]) for _ in range(count)], params)
             texts.extend(out.text for out in outs)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(texts), encoding="utf-8")
-            tmp.replace(path)
+        return texts
+
+    key = [n, seed, tokens, TEMPERATURE, TOP_P, batch_size]
+    texts = cached_json(cache, "samples", model.fingerprint, key, sample)
     kept = [(i, t) for i, t in enumerate(trim(t) for t in texts) if t is not None]
     return [Item(id=f"sampled-{model.name}-{i}", context=t, title=f"sampled:{model.name}") for i, t in kept]

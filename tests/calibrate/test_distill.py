@@ -103,8 +103,8 @@ def tiny_setup(tiny: dict[str, LoadedModel]) -> tuple[LoadedModel, LoadedModel, 
 
 
 def test_one_training_step_lowers_the_loss(tiny_setup: tuple) -> None:
-    _, _, encoded, through, init = tiny_setup
-    module = init.module()
+    _, target, encoded, through, init = tiny_setup
+    module = init.module().to(target.stack.device)
     batch = through.train_idx[:4]
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
     before, _ = through.loss(module, encoded, 2, 0, batch, grad=True)
@@ -130,7 +130,11 @@ def test_training_leaves_the_target_bit_identical_and_is_seeded(tiny_setup: tupl
     assert {k: p.requires_grad for k, p in target.model.named_parameters()} == flags
     (t1, r1), (t2, r2) = runs
     assert r1["steps"] == r2["steps"] > 0
-    assert all(torch.equal(t1[k], t2[k]) for k in t1)  # type: ignore[index]
+    if target.stack.device.type == "cpu":
+        assert all(torch.equal(t1[k], t2[k]) for k in t1)  # type: ignore[index]
+    else:  # CUDA's backward kernels add in no fixed order: seeded, but equal only to rounding
+        for k in t1:
+            torch.testing.assert_close(t1[k], t2[k], rtol=1e-4, atol=1e-6)
     assert r1["heldout_kl"] <= r1["curve"][0]["heldout_kl"]  # the best held-out state is kept, never a worse one
     assert target.fingerprint == fingerprint(target.model)
 

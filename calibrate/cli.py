@@ -266,9 +266,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     n_layers = {name: info.get("n_layers") for name, info in calib["models"].items()}
     if None in n_layers.values():
         raise ValueError(f"{args.maps}: the calibration record lacks the models' layer counts (refit to export)")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in HANDOVER_MODES]
+    if bad or not modes:
+        raise ValueError(f"--modes: unknown or no mode(s) {bad}; choose from {', '.join(HANDOVER_MODES)}")
     keys: set[MapKey] = set()
     for source, target in sorted({(e["source"], e["target"]) for e in store.entries()}):
-        for mode in HANDOVER_MODES:
+        for mode in modes:
             try:
                 need = get_mode(mode).need
                 main, below = choose(store.entries(), source, target, need, n_layers[source], n_layers[target])
@@ -460,10 +464,16 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="copy the maps each mode would be served with into a small store",
         description="For every direction and mode (embeds, replace, full, last_token), copy the map the server "
-        "would choose by default (and the per-layer maps full needs) into a new store.",
+        "would choose by default (and the per-layer maps full needs) into a new store. Into an existing store the "
+        "maps are added (same map key: replaced), so maps for different modes can come from different fits.",
     )
     export.add_argument("--maps", required=True, help="map store folder written by `fit`")
-    export.add_argument("--out", required=True, help="the new store's folder")
+    export.add_argument("--out", required=True, help="the new store's folder (or an existing store to add to)")
+    export.add_argument(
+        "--modes",
+        default=",".join(HANDOVER_MODES),
+        help=f"only the maps serving these modes (default all: {','.join(HANDOVER_MODES)})",
+    )
     export.set_defaults(func=cmd_export)
     show = sub.add_parser("show", help="print one map file's metadata")
     show.add_argument("map")

@@ -260,3 +260,33 @@ def test_export_keeps_exactly_the_maps_each_mode_is_served_with(
     for key in kept:
         aligner, _ = exported.load(key)
         assert aligner.tensors is not None and all(t.dtype == torch.float32 for t in aligner.tensors.values())
+
+
+def test_export_of_some_modes_adds_only_their_maps_to_an_existing_store(
+    fitted: tuple[Path, Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aligners.resolve import choose
+    from service.runtime.modes import get_mode
+
+    out, _, _ = fitted
+    exp = tmp_path / "exp"
+    assert main(["export", "--maps", str(out), "--out", str(exp), "--modes", "embeds"]) == 0
+    original = MapStore(out)
+    n = json.loads((out / "manifest.json").read_text())["calibration"]["models"]
+
+    def served(mode: str) -> set[str]:
+        keys: set[str] = set()
+        for source, target in (("llama", "gemma3"), ("gemma3", "llama")):
+            args = (source, target, get_mode(mode).need, n[source]["n_layers"], n[target]["n_layers"])
+            main_key, below = choose(original.entries(), *args)
+            keys.update(k.relpath for k in [main_key, *below])
+        return keys
+
+    assert {e["path"] for e in MapStore(exp).entries()} == served("embeds")
+    assert main(["export", "--maps", str(out), "--out", str(exp), "--modes", "full"]) == 0  # added to the same store
+    assert {e["path"] for e in MapStore(exp).entries()} == served("embeds") | served("full")
+    capsys.readouterr()
+    assert main(["export", "--maps", str(out), "--out", str(tmp_path / "bad"), "--modes", "embeds,native"]) == 2
+    err = capsys.readouterr().err
+    assert "native" in err and "last_token" in err
+    assert not (tmp_path / "bad").exists()

@@ -32,30 +32,31 @@ $(VENV)/.models: $(VENV)/.installed service/runtime/realpair.py
 
 models: $(VENV)/.models
 
-## The bundled default maps (service/default_maps/), as shipped: smollm2 -> gemma3 fitted on 1000 varied passages
-## twice, from SmolLM2 blocks 8, 12, 15 (every method) and from blocks 2, 4, 8 (least squares, distill), each run
-## ranking its maps by Gemma 3's proxy KL on the same held-out probes and training the best per target layer through
-## it (about 45 min each on 2 CPU cores), and a third time with 400 passages the models write themselves added, block
-## 2 into the embeddings only (its map replaces the second run's there: better on every held-out measure); gemma3 ->
-## smollm2 least-squares maps only, ranked by R² (3 min); then the map each mode serves exported from the stores into
-## one, where the lowest proxy KL per mode wins. WORK keeps the full stores.
+## The bundled default maps (service/default_maps/), as shipped: smollm2 -> gemma3 fitted three times on 1000 varied
+## passages, each run ranking its maps by Gemma 3's proxy KL on its own held-out probes and training the best per
+## target layer through it (2 CPU cores): blocks 2, 4, 8 into layers 0 and 4 with the per-layer maps (`full` serves
+## least squares block 2 -> layer 4 from it; about 45 min); blocks 4 and 8 into layer 4 with 400 passages the models
+## write themselves added (`replace`, `last_token`; about 30 min); block 2 into the embeddings with the same text,
+## trained until early stopping, 36 min at most (`embeds`; about 40 min). gemma3 -> smollm2: least-squares maps
+## only, ranked by R² (3 min). Each mode's maps are exported from the run that serves it (`export --modes`; proxy
+## KLs of different runs are on different held-out probes, so they are not compared); the manifest keeps the last
+## run's calibration record (each map's own metadata names its data). WORK keeps the full stores.
 WORK ?= /tmp/interlingua-default-maps
-FIT := $(PY) -m calibrate fit --data builtin:fictional-qa,builtin:python-docs --samples 1000 --target-layers 0,4 \
-	--full --directions forward
+FIT := $(PY) -m calibrate fit --data builtin:fictional-qa,builtin:python-docs --samples 1000 --directions forward
+S2G := $(FIT) --source smollm2 --target gemma3 --train-batch 2 --proxy-probes 24
 default-maps: models
-	$(FIT) --source smollm2 --target gemma3 --layers 8,12,15 --methods procrustes,linear,affine,lora,distill \
-		--train-batch 2 --train-minutes 12 --proxy-probes 24 --out $(WORK)/s2g
-	$(FIT) --source smollm2 --target gemma3 --layers 2,4,8 --methods linear,distill \
-		--train-batch 2 --train-minutes 12 --proxy-probes 24 --out $(WORK)/s2g-low
-	$(FIT) --source smollm2 --target gemma3 --layers 2 --target-layers 0 --methods linear,distill --sampled 400 \
-		--train-batch 2 --train-minutes 8 --proxy-probes 24 --out $(WORK)/s2g-sampled
-	$(FIT) --source gemma3 --target smollm2 --layers 4,8 --methods linear,affine --proxy-probes 0 --out $(WORK)/g2s
-	rm -rf service/default_maps $(WORK)/s2g-both
-	$(PY) -m calibrate export --maps $(WORK)/s2g --out $(WORK)/s2g-both
-	$(PY) -m calibrate export --maps $(WORK)/s2g-low --out $(WORK)/s2g-both
-	$(PY) -m calibrate export --maps $(WORK)/s2g-sampled --out $(WORK)/s2g-both
-	$(PY) -m calibrate export --maps $(WORK)/s2g-both --out service/default_maps
+	$(S2G) --layers 2,4,8 --target-layers 0,4 --full --methods linear,distill --train-minutes 12 --out $(WORK)/s2g-low
+	$(S2G) --layers 4,8 --target-layers 4 --sampled 400 --methods linear,distill --train-minutes 18 \
+		--out $(WORK)/s2g-replace
+	$(S2G) --layers 2 --target-layers 0 --sampled 400 --methods linear,distill --train-minutes 36 \
+		--out $(WORK)/s2g-embeds
+	$(FIT) --source gemma3 --target smollm2 --layers 4,8 --target-layers 0,4 --full --methods linear,affine \
+		--proxy-probes 0 --out $(WORK)/g2s
+	rm -rf service/default_maps
 	$(PY) -m calibrate export --maps $(WORK)/g2s --out service/default_maps
+	$(PY) -m calibrate export --maps $(WORK)/s2g-low --modes full --out service/default_maps
+	$(PY) -m calibrate export --maps $(WORK)/s2g-replace --modes replace,last_token --out service/default_maps
+	$(PY) -m calibrate export --maps $(WORK)/s2g-embeds --modes embeds --out service/default_maps
 
 ## Main job: the HTTP server on the real pair, on CPU (installs the bundled default maps on first start).
 serve: models

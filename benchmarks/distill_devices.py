@@ -3,9 +3,9 @@
 Builds a tiny random pair from configs (``tests.tiny``: different vocabularies, no hub), then runs the real
 ``interlingua-calibrate fit`` once per device with the same seed, data and settings (least squares, then ``distill``
 trained through the target), each with its own cache, so states, teacher and training all run on that device. Prints
-per device the least-squares start's held-out KL, the trained map's, the steps and the seconds, how far each device's
-trained KL lies from the first device's in units of the first device's training gain (start minus trained), and the
-held-out KL at every evaluation step. Float32 throughout; GPU matrix products do not use TF32 unless asked.
+per device the least-squares start's held-out KL, the trained map's (best held-out), the fit's seconds, how far each
+device's trained KL lies from the first device's in units of the first device's training gain (start minus trained),
+and the held-out KL at every evaluation step. Float32 throughout; GPU matrix products do not use TF32 unless asked.
 
     PYTHONPATH=. python benchmarks/distill_devices.py --devices cpu,cuda
 """
@@ -28,11 +28,12 @@ def run(devices: list[str], samples: int, epochs: float, root: Path) -> list[dic
     target = save_tiny(root / "gemma3", "gemma3", vocab_size=500, seed=2)
     rows: list[dict[str, Any]] = []
     for device in devices:
-        out = root / f"maps-{device.replace(':', '-')}"
+        tag = device.replace(":", "-")
+        out = root / f"maps-{tag}"
         args = ["fit", "--source", str(source), "--target", str(target), "--samples", str(samples)]
         args += ["--eval-samples", "8", "--layers", "2", "--target-layers", "0", "--methods", "linear,distill"]
         args += ["--directions", "forward", "--proxy-probes", "24", "--train-epochs", str(epochs)]
-        args += ["--out", str(out), "--cache", str(root / f"cache-{device.replace(':', '-')}"), "--device", device]
+        args += ["--out", str(out), "--cache", str(root / f"cache-{tag}"), "--device", device]
         started = time.perf_counter()
         if calibrate(args) != 0:
             raise SystemExit(f"fit on {device} failed")

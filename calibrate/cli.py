@@ -29,7 +29,7 @@ from calibrate.fit import METHODS, TRAINED, Side, layer_pairs, split_passages, s
 from calibrate.layers import check_range, parse_layers
 from calibrate.probes import PROBE_KINDS, make_probes
 from service.runtime.loading import LoadedModel, ModelSpecError, cache_home, load_model
-from service.runtime.modes import HANDOVER_MODES, get_mode
+from service.runtime.modes import HANDOVER_MODES, get_mode, parse_handover_modes
 
 DEFAULT_DATA = "builtin:fictional-qa"
 
@@ -266,10 +266,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     n_layers = {name: info.get("n_layers") for name, info in calib["models"].items()}
     if None in n_layers.values():
         raise ValueError(f"{args.maps}: the calibration record lacks the models' layer counts (refit to export)")
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    bad = [m for m in modes if m not in HANDOVER_MODES]
-    if bad or not modes:
-        raise ValueError(f"--modes: unknown or no mode(s) {bad}; choose from {', '.join(HANDOVER_MODES)}")
+    modes = parse_handover_modes(args.modes)
+    if not modes:
+        raise ValueError(f"--modes: name at least one of {', '.join(HANDOVER_MODES)}")
     keys: set[MapKey] = set()
     for source, target in sorted({(e["source"], e["target"]) for e in store.entries()}):
         for mode in modes:

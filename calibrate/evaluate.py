@@ -35,7 +35,7 @@ from calibrate.scoring import exact_match, f1_score, first_line
 from service.runtime.generate import SamplingParams, generate, suffix_nll
 from service.runtime.handover import GRIDS, Grid, LayerMap, prepare
 from service.runtime.loading import LoadedModel, load_model
-from service.runtime.modes import HANDOVER_MODES, get_mode
+from service.runtime.modes import get_mode, parse_handover_modes
 from service.runtime.prompt import Prompt
 
 _CHAT: dict[int, Any] = {}  # id(tokenizer) -> tokenizer whose chat template wraps the question (``--chat``)
@@ -362,13 +362,10 @@ def run_eval(args: argparse.Namespace) -> int:
         name: load_model(info["spec"], name=name, dtype=args.dtype, device=args.device)
         for name, info in calib["models"].items()
     }
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     grids = tuple(g.strip() for g in args.grids.split(",") if g.strip())
     if not grids or any(g not in GRIDS for g in grids):
         raise ValueError(f"--grids takes a comma-separated list of {', '.join(GRIDS)}, got {args.grids!r}")
-    bad = [m for m in modes if m not in HANDOVER_MODES]
-    if bad:
-        raise ValueError(f"unknown mode(s) {bad}; choose from {', '.join(HANDOVER_MODES)}")
+    modes = parse_handover_modes(args.modes)
     params = SamplingParams(max_new_tokens=args.max_new_tokens)
     out = Path(args.out or args.maps)
     pairs = sorted({(e["source"], e["target"]) for e in manifest["maps"]})

@@ -286,6 +286,15 @@ MODES: dict[str, HandoverMode] = {m.name: m for m in (Native(), Replace(), Full(
 HANDOVER_MODES = tuple(name for name, m in MODES.items() if m.uses_maps)  # every mode but native
 
 
+def parse_handover_modes(text: str) -> list[str]:
+    """A comma-separated list of handover modes (CLI options); unknown names are refused, naming the allowed ones."""
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in HANDOVER_MODES]
+    if bad:
+        raise ValueError(f"unknown mode(s) {bad}; choose from {', '.join(HANDOVER_MODES)}")
+    return modes
+
+
 def get_mode(name: str) -> HandoverMode:
     if name not in MODES:
         raise ValueError(f"unknown mode {name!r}; choose one of {list(MODES)}")

@@ -143,7 +143,7 @@ class GenerateRequest(BaseModel):
                     "target": "gemma3",
                     "text": TEXT_EXAMPLE,
                     "prompt": "\nQuestion: In which year was the lighthouse built?\nAnswer:",
-                    "mode": "replace",
+                    "mode": "embeds",
                     "max_new_tokens": 8,
                     "stop": ["\n"],
                 }
@@ -155,7 +155,11 @@ class GenerateRequest(BaseModel):
     target: str
     text: Text = Field(min_length=1, description="what A reads and hands over")
     prompt: Text = Field("", description="what B reads natively after the handed-over text")
-    mode: HandoverMode = "replace"
+    mode: HandoverMode | None = Field(
+        None,
+        description="how B receives A's reading (default: embeds where the handover enters B at layer 0, i.e. "
+        "`layer` or, without one, the pair's default map's target layer; replace otherwise)",
+    )
     layer: int | None = Field(None, ge=0, description="target injection layer (default: the default map's)")
     method: str | None = None
     op: Literal["replace", "sum", "mean"] = Field("replace", description="last_token mode: how A's state enters")

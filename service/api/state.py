@@ -42,8 +42,9 @@ def check_room(target: LoadedModel, prompt: Prompt, max_new_tokens: int) -> None
 
 @dataclass
 class Resolved:
-    """The maps one request uses, and the layer pair and method it reports."""
+    """The mode and maps one request uses, and the layer pair and method it reports."""
 
+    mode: str
     maps: list[LayerMap]
     source_layer: int | None
     target_layer: int | None
@@ -240,9 +241,10 @@ class ServiceState:
         encoder = self.encoder(req.source, sorted({m.source_layer for m in resolved.maps}))
 
         def build() -> tuple[Prompt, dict[str, float], int]:
-            handover = prepare(src, tgt, req.text, req.prompt, req.mode, resolved.maps, req.op, encoder, req.grid)
+            mode = resolved.mode
+            handover = prepare(src, tgt, req.text, req.prompt, mode, resolved.maps, req.op, encoder, req.grid)
             check_room(tgt, handover.prompt, req.max_new_tokens)
-            return handover.prompt, handover.timings_ms, 0 if req.mode == "native" else len(handover.source_ids)
+            return handover.prompt, handover.timings_ms, 0 if mode == "native" else len(handover.source_ids)
 
         return build
 
@@ -256,11 +258,18 @@ class ServiceState:
         result.timings_ms["total"] = (time.perf_counter() - t0) * 1e3
         return result
 
+    def default_mode(self, source: str, target: str, layer: int | None) -> str:
+        """The mode of a request that names none: ``embeds`` where the handover enters the target at layer 0 (the
+        request's ``layer``, else the pair's default map's target layer), ``replace`` otherwise."""
+        if layer is None:
+            layer = self.defaults.get(f"{source}__{target}", {}).get("target_layer")
+        return "embeds" if layer == 0 else "replace"
+
     def resolve(self, source: str, target: str, mode: str, layer: int | None, method: str | None) -> Resolved:
         """The maps a handover needs (none for ``native``), chosen by ``aligners.resolve.choose``."""
         src, tgt = self.model(source), self.model(target)
         if mode != "translate" and not get_mode(mode).uses_maps:
-            return Resolved([], None, None, None)
+            return Resolved(mode, [], None, None, None)
         if layer is not None and layer >= tgt.n_layers:
             raise InvalidRequestError(f"layer must be in [0, {tgt.n_layers - 1}] for {target}, got {layer}")
         if not any(e["source"] == source and e["target"] == target for e in self.served):
@@ -280,4 +289,4 @@ class ServiceState:
             raise NotFoundError(str(err)) from None
         keys = [key, *below]
         maps = [LayerMap(k.source_layer, k.target_layer, self._aligner(k)) for k in keys]
-        return Resolved(maps, key.source_layer, key.target_layer, key.method, [self._paths[k] for k in keys])
+        return Resolved(mode, maps, key.source_layer, key.target_layer, key.method, [self._paths[k] for k in keys])

@@ -332,7 +332,7 @@ class RayState(ServiceState):
             return self._source(req.source).project.remote(rid, req.text, maps, target_fp)
 
         def build() -> tuple[PendingHandover, dict[str, float], int]:
-            h = PendingHandover(rid, req.text, req.prompt, req.mode, req.op, req.grid, req.max_new_tokens)
+            h = PendingHandover(rid, req.text, req.prompt, resolved.mode, req.op, req.grid, req.max_new_tokens)
             if maps:
                 h.project = project
                 h.projected = project()

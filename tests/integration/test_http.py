@@ -89,6 +89,24 @@ def test_generate_every_mode(server: Server, pair: dict, mode: str) -> None:
         assert body["target_layer"] == 0
 
 
+@pytest.mark.parametrize("layer", [None, 0, 1])
+def test_generate_without_a_mode_enters_where_the_map_does(server: Server, pair: dict, layer: int | None) -> None:
+    """No `mode`: `embeds` where the handover enters B at layer 0 (the request's layer, else the default map's),
+    `replace` otherwise; the same answer as naming that mode."""
+    req = {"source": pair["source"], "target": pair["target"], "text": TEXT, "prompt": PROMPT, "max_new_tokens": 4}
+    if layer is not None:
+        req["layer"] = layer
+    entering = pair["layer"] if layer is None else layer
+    expected = "embeds" if entering == 0 else "replace"
+    with server.client() as c:
+        r = c.post("/generate", json=req)
+        named = c.post("/generate", json={**req, "mode": expected})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["mode"] == expected and body["target_layer"] == entering
+    assert body["text"] == named.json()["text"]
+
+
 def test_target_grid_hands_over_one_state_per_target_token(server: Server, pair: dict) -> None:
     req = {**pair, "text": TEXT, "prompt": "", "mode": "embeds", "max_new_tokens": 2}
     req.pop("layer", None)

@@ -34,8 +34,8 @@ def _job(state: ServiceState, req: GenerateRequest, resolved: Resolved) -> Gener
         seed=req.seed,
         stop=list(req.stop),
     )
-    group = (req.target, req.mode, resolved.target_layer)
-    backend = state.backend(req.target, req.mode, resolved.target_layer or 0)
+    group = (req.target, resolved.mode, resolved.target_layer)
+    backend = state.backend(req.target, resolved.mode, resolved.target_layer or 0)
     limit = state.settings.request_timeout_s
     timeout = limit if req.timeout_s is None else min(req.timeout_s, limit)
     return GenerateJob(group, backend, build, params, asyncio.get_running_loop(), timeout)
@@ -56,7 +56,7 @@ def _response(
         source_layer=resolved.source_layer,
         target_layer=resolved.target_layer,
         method=resolved.method,
-        mode=req.mode,
+        mode=resolved.mode,
         timings_ms=timings,
     )
 
@@ -80,15 +80,14 @@ async def post_generate(
 ) -> GenerateResponse | StreamingResponse:
     state.require_ready()
     check_length(state, text=req.text, prompt=req.prompt)
+    mode = req.mode or state.default_mode(req.source, req.target, req.layer)
     if req.max_new_tokens > state.settings.max_new_tokens:
         raise InvalidRequestError(
             f"max_new_tokens is {req.max_new_tokens}; this server allows at most {state.settings.max_new_tokens}"
         )
-    if get_mode(req.mode).needs_suffix and not req.prompt:
-        raise InvalidRequestError(
-            f"mode {req.mode!r} needs a prompt: B reads it and A's state replaces its last token's"
-        )
-    resolved = await run_in_threadpool(state.resolve, req.source, req.target, req.mode, req.layer, req.method)
+    if get_mode(mode).needs_suffix and not req.prompt:
+        raise InvalidRequestError(f"mode {mode!r} needs a prompt: B reads it and A's state replaces its last token's")
+    resolved = await run_in_threadpool(state.resolve, req.source, req.target, mode, req.layer, req.method)
     job = _job(state, req, resolved)
     engine.submit(job)
 

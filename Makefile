@@ -45,12 +45,13 @@ WORK ?= /tmp/interlingua-default-maps
 FIT := $(PY) -m calibrate fit --data builtin:fictional-qa,builtin:python-docs --samples 1000 --directions forward
 S2G := $(FIT) --source smollm2 --target gemma3 --train-batch 2 --proxy-probes 24
 default-maps: models
-	$(S2G) --layers 2,4,8 --target-layers 0,4 --full --methods linear,distill --train-minutes 12 --out $(WORK)/s2g-low
+	$(S2G) --layers 2,4,8 --target-layers 0,4 --full --sampled 0 --methods linear,distill --train-minutes 12 \
+		--out $(WORK)/s2g-low
 	$(S2G) --layers 4,8 --target-layers 4 --sampled 400 --methods linear,distill --train-minutes 18 \
 		--out $(WORK)/s2g-replace
 	$(S2G) --layers 2 --target-layers 0 --sampled 400 --methods linear,distill --train-minutes 36 \
 		--out $(WORK)/s2g-embeds
-	$(FIT) --source gemma3 --target smollm2 --layers 4,8 --target-layers 0,4 --full --methods linear,affine \
+	$(FIT) --source gemma3 --target smollm2 --layers 4,8 --target-layers 0,4 --full --sampled 0 --methods linear,affine \
 		--proxy-probes 0 --out $(WORK)/g2s
 	rm -rf service/default_maps
 	$(PY) -m calibrate export --maps $(WORK)/g2s --out service/default_maps

@@ -70,11 +70,12 @@ class FitResult:
 def layer_pairs(
     source_layers: list[int], target_layers: list[int] | None, n_src: int, n_tgt: int, full: bool
 ) -> list[tuple[int, int]]:
-    """Every (source, target) pair to fit: each source layer with each listed target layer (or the target layer at
-    the same relative depth), plus, with ``full``, the per-layer maps for target layers below each target layer."""
+    """Every (source, target) pair to fit: each source layer with each listed target layer (or, with none listed,
+    with the target's input embeddings, layer 0, and the target layer at the same relative depth), plus, with
+    ``full``, the per-layer maps for target layers below each target layer."""
     pairs: set[tuple[int, int]] = set()
     for ls in source_layers:
-        targets = target_layers if target_layers is not None else [matching_layer(ls, n_src, n_tgt)]
+        targets = target_layers if target_layers is not None else [0, matching_layer(ls, n_src, n_tgt)]
         for lt in targets:
             pairs.add((ls, lt))
             if full:
@@ -131,8 +132,9 @@ def sweep(
 
     With ``through`` (probes and the target's own behaviour on them), every map is also scored by the held-out KL of
     the target reading the probes after the handover (``kl``, lower is better), and the trained kinds are trained
-    through the target for the ``train_top`` best source layers per target layer (ranked by the KL of their
-    least-squares init). ``helpers`` are the per-layer pairs only the ``full`` mode needs: fitted, never trained.
+    through the target for the ``train_top`` best layer pairs (ranked by the KL of their least-squares init) per way
+    of entering it: into its input embeddings (layer 0, the ``embeds`` mode) and into a deeper layer (``replace``).
+    ``helpers`` are the per-layer pairs only the ``full`` mode needs: fitted, never trained.
     """
     fit_idx, held_idx = split_passages(len(src.encoded), seed)
     helpers = helpers or set()
@@ -178,9 +180,9 @@ def sweep(
         inits[(ls, lt)] = make_aligner("distill", seed).fit(x, y)
         init_kl[(ls, lt)] = through.score(inits[(ls, lt)], src.encoded, ls, lt)
     chosen: list[tuple[int, int]] = []
-    for lt in sorted({lt for _, lt in main}):
-        ranked = sorted((kl, ls) for (ls, t), kl in init_kl.items() if t == lt)
-        chosen.extend((ls, lt) for _, ls in ranked[:train_top])
+    for into_embeddings in (True, False):  # KLs compare across target layers: the same probes, the same teacher
+        ranked = sorted((kl, pair) for pair, kl in init_kl.items() if (pair[1] == 0) == into_embeddings)
+        chosen.extend(pair for _, pair in ranked[:train_top])
     for method in trained:
         for ls, lt in chosen:
             x, y, xh, yh = data[(ls, lt)]

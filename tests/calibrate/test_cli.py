@@ -13,6 +13,7 @@ import torch
 from aligners import load
 from aligners.store import MapKey, MapMismatchError, MapStore
 from calibrate.cli import main
+from calibrate.fit import layer_pairs
 from service.runtime.loading import LoadedModel
 
 pytestmark = pytest.mark.slow
@@ -38,6 +39,10 @@ def fitted(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
         "0,1",
         "--methods",
         "procrustes,affine,lora",
+        "--data",
+        "builtin:fictional-qa",
+        "--sampled",
+        "0",
         "--full",
         "--out",
         str(out),
@@ -202,11 +207,17 @@ def test_layers_out_of_range_name_the_model(
     assert "out of range for llama: it has layers 0..4" in capsys.readouterr().err
 
 
+def test_default_layer_pairs_enter_the_embeddings_and_the_same_depth() -> None:
+    # 30 source layers, 18 target layers: source layer 2 sits at the depth of target layer 1, layer 8 at layer 5.
+    assert layer_pairs([2, 8], None, 30, 18, full=False) == [(2, 0), (2, 1), (8, 0), (8, 5)]
+    assert layer_pairs([4], [3], 30, 18, full=True) == [(0, 0), (2, 1), (3, 2), (4, 3)]  # listed, + per-layer maps
+
+
 def test_console_script_help() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "calibrate", "fit", "--help"], capture_output=True, text=True, check=True
     )
-    assert "--target-layers" in done.stdout and "builtin:fictional-qa" in done.stdout
+    assert "--target-layers" in done.stdout and "letters-qa" in done.stdout and "(default 400)" in done.stdout
 
 
 def test_eval_scores_the_maps_the_server_would_serve(

@@ -191,12 +191,20 @@ def test_map_module_starts_as_its_affine_part() -> None:
 def test_cli_trains_distill_maps_ranks_by_proxy_and_reports_curves(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "maps"
     args = ["fit", "--source", str(tiny_dirs["llama"]), "--target", str(tiny_dirs["gemma3"]), "--samples", "24"]
-    args += ["--eval-samples", "8", "--layers", "1-2", "--target-layers", "0,1", "--methods", "linear,distill"]
+    args += ["--eval-samples", "8", "--layers", "1-2", "--target-layers", "0,1,2", "--methods", "linear,distill"]
     args += ["--directions", "forward", "--out", str(out), "--cache", str(tmp_path / "cache"), "--train-epochs", "1"]
+    args += ["--sampled", "0"]
     assert main([*args, "--proxy-probes", "8"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     trained = [e for e in manifest["maps"] if e["method"] == "distill"]
-    assert len(trained) == 2  # the best source layer per target layer (0 and 1)
+    # Trained: the best start into the embeddings (layer 0) and the best into a deeper layer (1 or 2), by proxy KL.
+    assert sorted(e["target_layer"] == 0 for e in trained) == [False, True]
+    starts = {
+        (e["source_layer"], e["target_layer"]): e["metrics"]["kl"] for e in manifest["maps"] if e["method"] == "linear"
+    }
+    for e in trained:
+        rivals = [kl for (ls, lt), kl in starts.items() if (lt == 0) == (e["target_layer"] == 0)]
+        assert e["metrics"]["init_kl"] == pytest.approx(min(rivals), rel=1e-4)
     assert all(("kl" in e["metrics"]) != bool(e.get("helper")) for e in manifest["maps"])
     assert manifest["defaults"]["llama__gemma3"]["by"] == "kl"
     assert (out / "learning-curves.png").stat().st_size > 0

@@ -31,6 +31,8 @@ def test_small_real_pair_calibration(real_pair: dict[str, LoadedModel], tmp_path
         "4",
         "--methods",
         "procrustes,affine",
+        "--sampled",
+        "0",
         "--directions",
         "forward",
         "--out",

@@ -41,7 +41,7 @@ def test_fit_calibrates_on_sampled_text_too(tiny_dirs: dict[str, Path], tmp_path
     common = ["fit", "--source", str(tiny_dirs["llama"]), "--target", str(tiny_dirs["gemma3"]), "--samples", "12"]
     common += ["--eval-samples", "4", "--layers", "1", "--target-layers", "1", "--methods", "affine"]
     common += ["--directions", "forward", "--cache", str(tmp_path / "cache")]
-    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*common, "--sampled", "0", "--out", str(tmp_path / "plain")]) == 0
     assert main([*common, "--sampled", "4", "--out", str(tmp_path / "mixed")]) == 0
     plain = json.loads((tmp_path / "plain" / "manifest.json").read_text())["calibration"]
     mixed = json.loads((tmp_path / "mixed" / "manifest.json").read_text())["calibration"]

@@ -100,6 +100,8 @@ def tiny_maps(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
         "0,1,2",
         "--methods",
         "affine,procrustes",
+        "--sampled",
+        "0",
         "--full",
         "--out",
         str(out),

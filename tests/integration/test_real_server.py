@@ -37,6 +37,8 @@ def real_server(real_pair: dict[str, LoadedModel], tmp_path_factory: pytest.Temp
         "4",
         "--methods",
         "affine",
+        "--sampled",
+        "0",
         "--directions",
         "forward",
         "--out",

@@ -19,7 +19,8 @@ def test_bundled_maps_install_by_fingerprint_under_the_servers_aliases(
     bundled = tmp_path / "bundled"
     src, tgt = str(tiny_dirs["llama"]), str(tiny_dirs["gemma3"])
     args = ["fit", "--source", src, "--target", tgt, "--samples", "16", "--eval-samples", "4", "--layers", "1"]
-    args += ["--target-layers", "0,1", "--methods", "linear", "--proxy-probes", "4", "--out", str(bundled)]
+    args += ["--target-layers", "0,1", "--methods", "linear", "--proxy-probes", "4", "--sampled", "0"]
+    args += ["--out", str(bundled)]
     assert calibrate([*args, "--cache", str(tmp_path / "cache")]) == 0
     # The bundle names the models after their folders (llama, gemma3); this server calls them x and y.
     settings = Settings(models=f"x={src},y={tgt}", maps=tmp_path / "store", default_maps=bundled)

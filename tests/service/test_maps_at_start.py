@@ -23,6 +23,7 @@ def fitted(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
     out = tmp_path_factory.mktemp("start") / "maps"
     args = ["fit", "--source", str(tiny_dirs["llama"]), "--target", str(tiny_dirs["gemma3"]), "--samples", "16"]
     args += ["--eval-samples", "4", "--layers", "1,2", "--target-layers", "1", "--methods", "affine,linear"]
+    args += ["--sampled", "0"]
     assert calibrate([*args, "--proxy-probes", "4", "--out", str(out), "--cache", str(out.parent / "cache")]) == 0
     return out
 

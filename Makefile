@@ -43,7 +43,7 @@ models: $(VENV)/.models
 ## run's calibration record (each map's own metadata names its data). WORK keeps the full stores.
 WORK ?= /tmp/interlingua-default-maps
 FIT := $(PY) -m calibrate fit --data builtin:fictional-qa,builtin:python-docs --samples 1000 --directions forward
-S2G := $(FIT) --source smollm2 --target gemma3 --train-batch 2 --proxy-probes 24
+S2G := $(FIT) --source smollm2 --target gemma3 --train-batch 2 --proxy-probes 24 --lr 2e-4
 default-maps: models
 	$(S2G) --layers 2,4,8 --target-layers 0,4 --full --sampled 0 --methods linear,distill --train-minutes 12 \
 		--out $(WORK)/s2g-low

@@ -37,6 +37,18 @@ DEFAULT_METHODS = ("linear", "affine", "distill")
 DEFAULT_DATA = "builtin:fictional-qa,builtin:python-docs"  # QA passages and real prose: varied text
 
 
+def _lr(text: str) -> float | None:
+    if text == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected auto or a number > 0, got {text!r}")
+    return value
+
+
 def model_name(spec: str) -> str:
     """A short, path-safe name for a model spec: the alias, a folder's or file's name, or a hub id's last part."""
     name = Path(spec.rstrip("/")).name
@@ -399,7 +411,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="layer pairs trained per way of entering the target (into layer 0; into a deeper layer), best proxy "
         "first (default 1)",
     )
-    train.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default 2e-4)")
+    train.add_argument(
+        "--lr",
+        type=_lr,
+        default=None,
+        help="Adam step size: auto (default) = 0.015 x each parameter's own scale (a weight's RMS at its "
+        "least-squares start, for a bias the RMS of the map's outputs), so that pairs whose states differ in scale "
+        "learn alike; or a number, one step size for every parameter (2e-4 trained the bundled smollm2 -> gemma3 maps)",
+    )
     train.add_argument("--train-batch", type=int, default=4, help="probes per training step (default 4)")
     train.add_argument("--train-epochs", type=float, default=3.0, help="at most this many epochs (default 3)")
     train.add_argument(

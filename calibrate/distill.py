@@ -10,8 +10,9 @@ cached on disk. Student: the same probe read after the passage arrives through t
     + anchor · ‖W − W₀‖² / ‖W₀‖²  (keeps the affine part near its least-squares start)
 
 Student logits are computed only at probe positions (a 262k-token head dominates otherwise). The target's weights
-are frozen (``frozen``) and never change. Adam, seeded shuffles, held-out KL every ``eval_every`` steps, early
-stopping with the best held-out state kept, a wall-clock budget.
+are frozen (``frozen``) and never change. Adam (step sizes relative to each parameter's scale: ``step_sizes``),
+seeded shuffles, held-out KL every ``eval_every`` steps, early stopping with the best held-out state kept, a
+wall-clock budget.
 """
 
 from __future__ import annotations
@@ -39,9 +40,38 @@ from service.runtime.prompt import Prompt
 from service.runtime.stack import frozen
 
 
+def _rms(t: torch.Tensor) -> float:
+    return float(t.detach().float().square().mean().sqrt())
+
+
+def step_sizes(module: MapModule, x: torch.Tensor, rel: float) -> list[dict[str, Any]]:
+    """Adam parameter groups whose step size is ``rel`` times each tensor's own scale, so that maps between models
+    whose hidden states differ in scale by orders of magnitude learn alike: a weight's RMS at the start (for the
+    zero-initialised MLP output layer, the RMS that maps its input to the outputs' scale); for a bias, the RMS of
+    what it adds to (the map's outputs on ``x``; the MLP's pre-activations)."""
+    with torch.no_grad():
+        out = _rms(module(x))
+        hidden = None
+        if module.mlp_in is not None:
+            unit = x * torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + 1e-6)
+            pre = module.mlp_in(unit)
+            hidden = (_rms(pre), _rms(torch.nn.functional.gelu(pre)))
+    groups = []
+    for name, p in module.named_parameters():
+        if name.endswith("bias"):
+            scale = hidden[0] if name == "mlp_in.bias" and hidden else out
+        elif name == "mlp_out.weight" and hidden:
+            scale = out / (hidden[1] * p.shape[1] ** 0.5)
+        else:
+            scale = _rms(p)
+        groups.append({"params": [p], "lr": rel * max(scale, 1e-12)})
+    return groups
+
+
 @dataclass
 class TrainConfig:
-    lr: float = 2e-4
+    lr: float | None = None  # one Adam step size for every parameter; None: ``lr_rel`` times each one's own scale
+    lr_rel: float = 0.015
     batch_size: int = 4
     max_epochs: float = 3.0
     max_minutes: float = 40.0
@@ -54,7 +84,13 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.batch_size < 1 or self.max_epochs <= 0 or self.max_minutes <= 0:
+        if (
+            (self.lr is not None and self.lr <= 0)
+            or self.lr_rel <= 0
+            or self.batch_size < 1
+            or self.max_epochs <= 0
+            or self.max_minutes <= 0
+        ):
             raise ValueError("lr, max_epochs and max_minutes must be > 0 and batch_size >= 1")
         if self.eval_every < 1 or self.patience < 1 or self.top_k < 1 or self.heldout_probes < 1:
             raise ValueError("eval_every, patience, top_k and heldout_probes must be >= 1")
@@ -231,7 +267,11 @@ class Through:
         module: MapModule = aligner.module().to(self.target.stack.device)
         w0 = module.weight.detach().clone()
         w0_norm = float(w0.square().sum())
-        optimizer = torch.optim.Adam(module.parameters(), lr=cfg.lr)
+        if cfg.lr is not None:
+            optimizer = torch.optim.Adam(module.parameters(), lr=cfg.lr)
+        else:
+            sample = torch.cat([encoded[i].states[ls] for i in self.train_idx[:16]]).to(w0.device, torch.float32)
+            optimizer = torch.optim.Adam(step_sizes(module, sample, cfg.lr_rel))
         rng = random.Random(cfg.seed)
         max_steps = max(1, math.ceil(cfg.max_epochs * len(self.train_idx) / cfg.batch_size))
         curve: list[dict[str, float]] = []

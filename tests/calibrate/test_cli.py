@@ -187,6 +187,13 @@ def test_bad_input_gives_a_clear_error(argv: list[str], message: str, capsys: py
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["fast", "0", "-1e-3", "nan"])
+def test_bad_learning_rate_is_refused(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--source", "smollm2", "--target", "gemma3", f"--lr={value}"])
+    assert exit_info.value.code == 2 and "expected auto or a number > 0" in capsys.readouterr().err
+
+
 def test_layers_out_of_range_name_the_model(
     tiny_dirs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

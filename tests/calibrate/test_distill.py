@@ -227,3 +227,29 @@ def test_native_answers_are_cached_per_target_and_items(tiny: dict[str, LoadedMo
     other = [Item("o", "another passage.", question="Who?", answers=["x"])]
     native_answers(target, other, max_new_tokens=4, cache=tmp_path)
     assert len(list((tmp_path / "answers").glob("*.json"))) == 2  # other items: another entry
+
+
+@pytest.mark.parametrize("hidden", [0, 16])
+def test_step_sizes_make_training_invariant_to_the_scale_of_either_models_states(hidden: int) -> None:
+    """The same problem with source states 1000x larger and target states 50x smaller (the same map rescaled)
+    trains to the same outputs, rescaled; one absolute step size for every parameter does not."""
+    from aligners.modules import MapModule
+    from calibrate.distill import step_sizes
+
+    gen = torch.Generator().manual_seed(0)
+    x, want = torch.randn(64, 8, generator=gen), torch.randn(64, 4, generator=gen)
+    w, b = torch.randn(4, 8, generator=gen) * 0.3, torch.randn(4, generator=gen) * 0.1
+
+    def train(c: float, k: float, relative: bool) -> torch.Tensor:
+        module = MapModule(w * k / c, b * k, hidden)
+        groups = step_sizes(module, x * c, 0.015) if relative else [{"params": module.parameters(), "lr": 2e-3}]
+        opt = torch.optim.Adam(groups)
+        for _ in range(5):
+            loss = (module(x * c) / k - want).square().mean()  # like the KL: no matter the target's scale
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return module(x * c).detach() / k
+
+    torch.testing.assert_close(train(1e3, 0.02, True), train(1.0, 1.0, True), rtol=1e-3, atol=1e-4)
+    assert not torch.allclose(train(1e3, 0.02, False), train(1.0, 1.0, False), rtol=1e-2, atol=1e-3)

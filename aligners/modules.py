@@ -27,6 +27,7 @@ class MapModule(nn.Module):
         self.weight = nn.Parameter(weight.detach().to(torch.float32).clone())  # (d_tgt, d_src)
         self.bias = nn.Parameter(bias.detach().to(torch.float32).clone())  # (d_tgt,)
         self.hidden = hidden
+        self.in_scale: torch.Tensor | None = None  # set while training: see ``precondition``
         self.mlp_in: nn.Linear | None = None
         self.mlp_out: nn.Linear | None = None
         if hidden:
@@ -42,15 +43,30 @@ class MapModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., d_src) -> (..., d_tgt)."""
-        y = torch.nn.functional.linear(x, self.weight, self.bias)
+        scaled = x if self.in_scale is None else x / self.in_scale
+        y = torch.nn.functional.linear(scaled, self.weight, self.bias)
         if self.mlp_in is not None and self.mlp_out is not None:
             unit = x * torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + 1e-6)
             y = y + self.mlp_out(torch.nn.functional.gelu(self.mlp_in(unit)))
         return y
 
+    def precondition(self, scale: torch.Tensor) -> None:
+        """Hold the weight as W·diag(``scale``) and divide inputs by ``scale`` (the same map): gradient steps that are
+        the same size for every entry (Adam's) then move each input dimension's share of the output alike, however
+        large that dimension runs (hidden states carry a few dimensions hundreds of times larger than the rest)."""
+        if self.in_scale is not None:
+            raise RuntimeError("this module is already preconditioned")
+        with torch.no_grad():
+            self.weight.mul_(scale)
+        self.in_scale = scale.detach().to(self.weight.device, torch.float32)
+
     def tensors(self) -> dict[str, torch.Tensor]:
-        """The parameters as a flat dict of detached CPU float32 tensors (``weight``, ``bias``, ``mlp_*``)."""
-        return {name: p.detach().to("cpu", torch.float32).clone() for name, p in self.named_parameters()}
+        """The parameters as a flat dict of detached CPU float32 tensors (``weight``, ``bias``, ``mlp_*``), the weight
+        as the map applies it to unscaled inputs."""
+        out = {name: p.detach().to("cpu", torch.float32).clone() for name, p in self.named_parameters()}
+        if self.in_scale is not None:
+            out["weight"] = out["weight"] / self.in_scale.cpu()
+        return out
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], hidden: int) -> MapModule:

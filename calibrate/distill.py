@@ -48,7 +48,9 @@ def step_sizes(module: MapModule, x: torch.Tensor, rel: float) -> list[dict[str,
     """Adam parameter groups whose step size is ``rel`` times each tensor's own scale, so that maps between models
     whose hidden states differ in scale by orders of magnitude learn alike: a weight's RMS at the start (for the
     zero-initialised MLP output layer, the RMS that maps its input to the outputs' scale); for a bias, the RMS of
-    what it adds to (the map's outputs on ``x``; the MLP's pre-activations)."""
+    what it adds to (the map's outputs on ``x``; the MLP's pre-activations). With a preconditioned module
+    (``MapModule.precondition`` by each input dimension's RMS) the weight's steps are also alike across input
+    dimensions of any size, and training is invariant to rescaling any of them."""
     with torch.no_grad():
         out = _rms(module(x))
         hidden = None
@@ -66,6 +68,15 @@ def step_sizes(module: MapModule, x: torch.Tensor, rel: float) -> list[dict[str,
             scale = _rms(p)
         groups.append({"params": [p], "lr": rel * max(scale, 1e-12)})
     return groups
+
+
+def make_optimizer(module: MapModule, sample: torch.Tensor, cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam for ``module``: with ``cfg.lr``, one step size for every parameter; without, the module preconditioned by
+    each input dimension's RMS on ``sample`` (source states) and step sizes relative to each parameter's scale."""
+    if cfg.lr is not None:
+        return torch.optim.Adam(module.parameters(), lr=cfg.lr)
+    module.precondition(sample.float().square().mean(dim=0).sqrt().clamp_min(1e-6))
+    return torch.optim.Adam(step_sizes(module, sample.float(), cfg.lr_rel))
 
 
 @dataclass
@@ -265,13 +276,10 @@ class Through:
         state and returns the learning curve and timings."""
         cfg = self.config
         module: MapModule = aligner.module().to(self.target.stack.device)
-        w0 = module.weight.detach().clone()
+        sample = torch.cat([encoded[i].states[ls] for i in self.train_idx[:16]]).to(module.weight.device)
+        optimizer = make_optimizer(module, sample, cfg)
+        w0 = module.weight.detach().clone()  # as trained (preconditioned or not)
         w0_norm = float(w0.square().sum())
-        if cfg.lr is not None:
-            optimizer = torch.optim.Adam(module.parameters(), lr=cfg.lr)
-        else:
-            sample = torch.cat([encoded[i].states[ls] for i in self.train_idx[:16]]).to(w0.device, torch.float32)
-            optimizer = torch.optim.Adam(step_sizes(module, sample, cfg.lr_rel))
         rng = random.Random(cfg.seed)
         max_steps = max(1, math.ceil(cfg.max_epochs * len(self.train_idx) / cfg.batch_size))
         curve: list[dict[str, float]] = []

@@ -12,7 +12,7 @@ from aligners import Distill, build, load
 from aligners.modules import MapModule
 from calibrate.cli import main
 from calibrate.data import Item
-from calibrate.distill import Through, TrainConfig, topk_kl
+from calibrate.distill import Through, TrainConfig, make_optimizer, topk_kl
 from calibrate.probes import make_probes, sentence_cut
 from service.runtime.encode import Encoded, encode
 from service.runtime.loading import LoadedModel, fingerprint, start_token
@@ -230,20 +230,19 @@ def test_native_answers_are_cached_per_target_and_items(tiny: dict[str, LoadedMo
 
 
 @pytest.mark.parametrize("hidden", [0, 16])
-def test_step_sizes_make_training_invariant_to_the_scale_of_either_models_states(hidden: int) -> None:
-    """The same problem with source states 1000x larger and target states 50x smaller (the same map rescaled)
-    trains to the same outputs, rescaled; one absolute step size for every parameter does not."""
-    from aligners.modules import MapModule
-    from calibrate.distill import step_sizes
-
+def test_auto_step_sizes_make_training_invariant_to_the_scale_of_the_states(hidden: int) -> None:
+    """The same problem with the source's input dimensions rescaled each its own way (one 1000x, as hidden states'
+    outlier dimensions run) and the target's states 50x smaller, the map rescaled to match, trains to the same
+    outputs, rescaled; one step size for every parameter does not."""
     gen = torch.Generator().manual_seed(0)
     x, want = torch.randn(64, 8, generator=gen), torch.randn(64, 4, generator=gen)
     w, b = torch.randn(4, 8, generator=gen) * 0.3, torch.randn(4, generator=gen) * 0.1
+    c = torch.tensor([1e3, 1.0, 3.0, 0.1, 1.0, 20.0, 1.0, 1.0])  # per input dimension
+    k = 0.02
 
-    def train(c: float, k: float, relative: bool) -> torch.Tensor:
+    def train(c: torch.Tensor, k: float, lr: float | None) -> torch.Tensor:
         module = MapModule(w * k / c, b * k, hidden)
-        groups = step_sizes(module, x * c, 0.015) if relative else [{"params": module.parameters(), "lr": 2e-3}]
-        opt = torch.optim.Adam(groups)
+        opt = make_optimizer(module, x * c, TrainConfig(lr=lr))
         for _ in range(5):
             loss = (module(x * c) / k - want).square().mean()  # like the KL: no matter the target's scale
             opt.zero_grad()
@@ -251,5 +250,17 @@ def test_step_sizes_make_training_invariant_to_the_scale_of_either_models_states
             opt.step()
         return module(x * c).detach() / k
 
-    torch.testing.assert_close(train(1e3, 0.02, True), train(1.0, 1.0, True), rtol=1e-3, atol=1e-4)
-    assert not torch.allclose(train(1e3, 0.02, False), train(1.0, 1.0, False), rtol=1e-2, atol=1e-3)
+    if hidden == 0:  # the residual MLP reads x / rms(x): rescaling single dimensions changes what it sees
+        torch.testing.assert_close(train(c, k, None), train(torch.ones(8), 1.0, None), rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(train(c * 0 + 1e3, k, None), train(torch.ones(8), 1.0, None), rtol=1e-3, atol=1e-4)
+    assert not torch.allclose(train(c, k, 2e-3), train(torch.ones(8), 1.0, 2e-3), rtol=1e-2, atol=1e-3)
+
+
+def test_a_preconditioned_module_is_the_same_map_and_saves_unscaled() -> None:
+    gen = torch.Generator().manual_seed(1)
+    module = MapModule(torch.randn(4, 8, generator=gen), torch.randn(4, generator=gen), hidden=16)
+    x = torch.randn(5, 8, generator=gen) * torch.tensor([900.0, 1, 1, 1, 2, 1, 1, 1])
+    before, saved = module(x).detach(), module.tensors()
+    module.precondition(x.square().mean(dim=0).sqrt())
+    torch.testing.assert_close(module(x).detach(), before, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(module.tensors()["weight"], saved["weight"])

@@ -415,9 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr",
         type=_lr,
         default=None,
-        help="Adam step size: auto (default) = 0.015 x each parameter's own scale (a weight's RMS at its "
-        "least-squares start, for a bias the RMS of the map's outputs), so that pairs whose states differ in scale "
-        "learn alike; or a number, one step size for every parameter (2e-4 trained the bundled smollm2 -> gemma3 maps)",
+        help="Adam step size: auto (default) = the weight preconditioned by each input dimension's RMS, and steps of "
+        "0.015 x each parameter's own scale (a weight's RMS at its least-squares start, for a bias the RMS of the "
+        "map's outputs), so that training does not depend on the scale of either model's states; or a number, one "
+        "step size for every parameter (2e-4 trained the bundled smollm2 -> gemma3 maps)",
     )
     train.add_argument("--train-batch", type=int, default=4, help="probes per training step (default 4)")
     train.add_argument("--train-epochs", type=float, default=3.0, help="at most this many epochs (default 3)")

@@ -33,14 +33,17 @@ $(VENV)/.models: $(VENV)/.installed service/runtime/realpair.py
 models: $(VENV)/.models
 
 ## The bundled default maps (service/default_maps/), as shipped: smollm2 -> gemma3 fitted three times on 1000 varied
-## passages, each run ranking its maps by Gemma 3's proxy KL on its own held-out probes and training the best per
-## target layer through it (2 CPU cores): blocks 2, 4, 8 into layers 0 and 4 with the per-layer maps (`full` serves
-## least squares block 2 -> layer 4 from it; about 45 min); blocks 4 and 8 into layer 4 with 400 passages the models
-## write themselves added (`replace`, `last_token`; about 30 min); block 2 into the embeddings with the same text,
-## trained until early stopping, 36 min at most (`embeds`; about 40 min). gemma3 -> smollm2: least-squares maps
-## only, ranked by R² (3 min). Each mode's maps are exported from the run that serves it (`export --modes`; proxy
-## KLs of different runs are on different held-out probes, so they are not compared); the manifest keeps the last
-## run's calibration record (each map's own metadata names its data). WORK keeps the full stores.
+## passages, each run ranking its maps by Gemma 3's proxy KL on its own held-out probes and training the best start
+## per way of entering the target through it (2 CPU cores): blocks 2, 4, 8 into layers 0 and 4 with the per-layer
+## maps (`full` serves least squares block 2 -> layer 4 from it; about 45 min); blocks 4 and 8 into layer 4 with 400
+## passages the models write themselves added (`replace`, `last_token`; about 30 min); block 2 into the embeddings
+## with the same text, trained until early stopping, 36 min at most (`embeds`; about 40 min); these three with one
+## Adam step size (`--lr 2e-4`). gemma3 -> smollm2: blocks 2 and 4 into layers 0 and 4 with the per-layer maps and
+## the sampled text, ranked by SmolLM2's proxy KL, the best start per way of entering trained 10 min each with
+## `--lr auto` (every mode of that direction; about 25 min). Each mode's maps are exported from the run that serves
+## it (`export --modes`; proxy KLs of different runs are on different held-out probes, so they are not compared);
+## the manifest keeps the last run's calibration record (each map's own metadata names its data). WORK keeps the
+## full stores.
 WORK ?= /tmp/interlingua-default-maps
 FIT := $(PY) -m calibrate fit --data builtin:fictional-qa,builtin:python-docs --samples 1000 --directions forward
 S2G := $(FIT) --source smollm2 --target gemma3 --train-batch 2 --proxy-probes 24 --lr 2e-4
@@ -51,8 +54,8 @@ default-maps: models
 		--out $(WORK)/s2g-replace
 	$(S2G) --layers 2 --target-layers 0 --sampled 400 --methods linear,distill --train-minutes 36 \
 		--out $(WORK)/s2g-embeds
-	$(FIT) --source gemma3 --target smollm2 --layers 4,8 --target-layers 0,4 --full --sampled 0 --methods linear,affine \
-		--proxy-probes 0 --out $(WORK)/g2s
+	$(FIT) --source gemma3 --target smollm2 --layers 2,4 --target-layers 0,4 --full --sampled 400 \
+		--methods linear,affine,distill --train-minutes 10 --out $(WORK)/g2s
 	rm -rf service/default_maps
 	$(PY) -m calibrate export --maps $(WORK)/g2s --out service/default_maps
 	$(PY) -m calibrate export --maps $(WORK)/s2g-low --modes full --out service/default_maps

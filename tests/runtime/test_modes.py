@@ -9,7 +9,8 @@ from service.runtime.modes import HANDOVER_MODES, MODES, get_mode
 
 
 def test_the_http_schema_offers_exactly_the_registered_modes() -> None:
-    assert GenerateRequest.model_json_schema()["properties"]["mode"]["enum"] == list(MODES)
+    mode = GenerateRequest.model_json_schema()["properties"]["mode"]  # optional: the enum, or null for the default
+    assert [alt.get("enum") for alt in mode["anyOf"]] == [list(MODES), None] and mode["default"] is None
     assert set(HANDOVER_MODES) == set(MODES) - {"native"}
 
 

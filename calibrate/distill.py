@@ -276,7 +276,8 @@ class Through:
         state and returns the learning curve and timings."""
         cfg = self.config
         module: MapModule = aligner.module().to(self.target.stack.device)
-        sample = torch.cat([encoded[i].states[ls] for i in self.train_idx[:16]]).to(module.weight.device)
+        passages = sorted({self.probes[i].passage for i in self.train_idx})[:16]  # the training probes' passages
+        sample = torch.cat([encoded[i].states[ls] for i in passages]).to(module.weight.device)
         optimizer = make_optimizer(module, sample, cfg)
         w0 = module.weight.detach().clone()  # as trained (preconditioned or not)
         w0_norm = float(w0.square().sum())

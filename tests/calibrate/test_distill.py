@@ -139,6 +139,20 @@ def test_training_leaves_the_target_bit_identical_and_is_seeded(tiny_setup: tupl
     assert target.fingerprint == fingerprint(target.model)
 
 
+def test_auto_step_sizes_train_through_the_target_with_several_probes_per_passage(tiny_setup: tuple) -> None:
+    _, target, encoded, _, init = tiny_setup
+    items = _items()
+    probes = make_probes(target, items, ["continuation", "repeat"], max_tokens=12, per_passage=2)
+    assert len(probes) > len(items)  # probe indices run past the passages' (the scale sample takes passages)
+    cfg = TrainConfig(batch_size=4, eval_every=10, heldout_probes=12, max_epochs=1.0)  # lr=None: auto
+    through = Through.build(target, [it.context for it in items], probes, set(range(32, 40)), cfg, None)
+    aligner = Distill(lam=1.0)
+    aligner.set_state(dict(init.tensors or {}), init.d_src, init.d_tgt)
+    report = through.train(aligner, encoded, 2, 0)
+    assert report["steps"] > 0 and report["heldout_kl"] < report["curve"][0]["heldout_kl"]
+    assert through.score(aligner, encoded, 2, 0) == pytest.approx(report["heldout_kl"], rel=1e-4)  # saved unscaled
+
+
 def test_planted_rotation_is_recovered_from_a_distorted_start() -> None:
     """B is A with its hidden space rotated by Q (same tokens, identical logits), so mapping A's states by Q hands
     over perfectly (KL 0). Started from a distorted Q, training through B must recover most of native behaviour."""

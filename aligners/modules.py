@@ -46,9 +46,13 @@ class MapModule(nn.Module):
         scaled = x if self.in_scale is None else x / self.in_scale
         y = torch.nn.functional.linear(scaled, self.weight, self.bias)
         if self.mlp_in is not None and self.mlp_out is not None:
-            unit = x * torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + 1e-6)
-            y = y + self.mlp_out(torch.nn.functional.gelu(self.mlp_in(unit)))
+            y = y + self.mlp_out(torch.nn.functional.gelu(self.mlp_in(self.mlp_input(x))))
         return y
+
+    @staticmethod
+    def mlp_input(x: torch.Tensor) -> torch.Tensor:
+        """What the residual MLP reads: x / rms(x), per row."""
+        return x * torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + 1e-6)
 
     def precondition(self, scale: torch.Tensor) -> None:
         """Hold the weight as W·diag(``scale``) and divide inputs by ``scale`` (the same map): gradient steps that are

@@ -55,8 +55,7 @@ def step_sizes(module: MapModule, x: torch.Tensor, rel: float) -> list[dict[str,
         out = _rms(module(x))
         hidden = None
         if module.mlp_in is not None:
-            unit = x * torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + 1e-6)
-            pre = module.mlp_in(unit)
+            pre = module.mlp_in(module.mlp_input(x))
             hidden = (_rms(pre), _rms(torch.nn.functional.gelu(pre)))
     groups = []
     for name, p in module.named_parameters():
@@ -102,7 +101,7 @@ class TrainConfig:
             or self.max_epochs <= 0
             or self.max_minutes <= 0
         ):
-            raise ValueError("lr, max_epochs and max_minutes must be > 0 and batch_size >= 1")
+            raise ValueError("lr, lr_rel, max_epochs and max_minutes must be > 0 and batch_size >= 1")
         if self.eval_every < 1 or self.patience < 1 or self.top_k < 1 or self.heldout_probes < 1:
             raise ValueError("eval_every, patience, top_k and heldout_probes must be >= 1")
 

@@ -1,7 +1,7 @@
 """Which stored maps serve a handover: one rule, used by the server, ``eval`` and the benchmarks alike.
 
 A request names a direction and what its mode needs (``Need``: the runtime's modes describe themselves with one),
-and optionally the target layer, the method and (``eval``) the source layer.
+and optionally the target layer, the method and (``eval``) the source layer(s).
 Candidates are the pair's maps that are not helper maps (per-layer maps only ``full`` needs), narrowed by what the
 request names; the best-scored candidate wins (lowest proxy KL where the fit measured one, else best task F1 from
 ``eval``, else best held-out R²):
@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aligners.store import MapKey, MapNotFoundError, matching_layer
+from aligners.store import MapKey, MapNotFoundError, matching_layer, same_map
 
 
 def score(entry: dict[str, Any]) -> float:
@@ -65,12 +65,13 @@ def choose(
     n_tgt: int,
     layer: int | None = None,
     method: str | None = None,
-    source_layer: int | None = None,
+    source_layers: tuple[int, ...] | None = None,
     default: dict[str, Any] | None = None,
 ) -> tuple[MapKey, list[MapKey]]:
     """(the map whose target layer is the injection layer, the per-layer maps a ``per_layer`` mode needs below it).
 
-    Preference: the named ``source_layer``, then the pair's ``default`` (manifest entry), then the score."""
+    Preference: the named ``source_layers`` (one, or several concatenated), then the pair's ``default`` (manifest
+    entry), then the score."""
     mode = need.name
     if need.fixed_layer is not None:
         if layer not in (None, need.fixed_layer):
@@ -114,16 +115,13 @@ def choose(
         )
     default = default or {}
 
-    def is_default(e: dict[str, Any]) -> bool:
-        return all(default.get(k) == e[k] for k in ("source_layer", "target_layer", "method"))
+    def other_layers(e: dict[str, Any]) -> bool:
+        return source_layers is not None and _key(e).source_layers != tuple(source_layers)
 
-    best = min(
-        candidates,
-        key=lambda e: (source_layer is not None and e["source_layer"] != source_layer, not is_default(e), score(e)),
-    )
+    best = min(candidates, key=lambda e: (other_layers(e), not same_map(default, e), score(e)))
     key = _key(best)
     return key, chains.get(key.relpath, [])
 
 
 def _key(entry: dict[str, Any]) -> MapKey:
-    return MapKey(entry["source"], entry["target"], entry["source_layer"], entry["target_layer"], entry["method"])
+    return MapKey.from_entry(entry)

@@ -36,27 +36,67 @@ class MapNotFoundError(LookupError):
     """No map in the store matches the request."""
 
 
+# The fields that name one map of a pair (``source_layers`` only where several source layers are concatenated).
+IDENTITY = ("source_layer", "source_layers", "target_layer", "method")
+
+
+def same_map(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two manifest records (entries or defaults) name the same map of a pair."""
+    return bool(a) and bool(b) and all(a.get(k) == b.get(k) for k in IDENTITY)
+
+
+def layers_name(layers: tuple[int, ...]) -> str:
+    """``(2,)`` -> ``"2"``; concatenated source layers ``(0, 2)`` -> ``"0+2"``."""
+    return "+".join(str(layer) for layer in layers)
+
+
 @dataclass(frozen=True)
 class MapKey:
+    """One map of a store. Its input is the source's states at ``source_layer``, or, with ``extra_layers`` (lower
+    source layers), the states at ``(*extra_layers, source_layer)`` concatenated per token in that order."""
+
     source: str
     target: str
     source_layer: int
     target_layer: int
     method: str
+    extra_layers: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, source: str, target: str, source_layers: tuple[int, ...], target_layer: int, method: str) -> MapKey:
+        """The key of a map from the concatenated ``source_layers`` (ascending; the deepest is ``source_layer``)."""
+        return cls(source, target, source_layers[-1], target_layer, method, tuple(source_layers[:-1]))
+
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any], source: str | None = None, target: str | None = None) -> MapKey:
+        """The key of a manifest entry (or default record), optionally under other model names."""
+        layers = tuple(entry.get("source_layers") or (entry["source_layer"],))
+        return cls.of(
+            source or entry["source"], target or entry["target"], layers, entry["target_layer"], entry["method"]
+        )
+
+    @property
+    def source_layers(self) -> tuple[int, ...]:
+        return (*self.extra_layers, self.source_layer)
 
     @property
     def pair(self) -> str:
         return f"{self.source}__{self.target}"
 
     @property
+    def layers_label(self) -> str:
+        return f"L{layers_name(self.source_layers)}->L{self.target_layer}"
+
+    @property
     def relpath(self) -> str:
-        return f"{self.pair}/L{self.source_layer}-L{self.target_layer}/{self.method}.safetensors"
+        return f"{self.pair}/L{layers_name(self.source_layers)}-L{self.target_layer}/{self.method}.safetensors"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "target": self.target,
             "source_layer": self.source_layer,
+            **({"source_layers": list(self.source_layers)} if self.extra_layers else {}),
             "target_layer": self.target_layer,
             "method": self.method,
         }
@@ -133,9 +173,7 @@ class MapStore:
 
     def set_default(self, source: str, target: str, entry: dict[str, Any], by: str) -> None:
         manifest = self.manifest()
-        manifest["defaults"][f"{source}__{target}"] = {
-            k: entry[k] for k in ("source_layer", "target_layer", "method")
-        } | {"by": by}
+        manifest["defaults"][f"{source}__{target}"] = {k: entry[k] for k in IDENTITY if k in entry} | {"by": by}
         self.write_manifest(manifest)
 
     def choose_defaults(self, by: str = "r2") -> list[str]:
@@ -156,11 +194,9 @@ class MapStore:
                 continue
             best = max(scored, key=lambda se: se[0])[1]
             old = defaults.get(f"{source}__{target}", {})
-            if any(old.get(k) != best[k] for k in ("source_layer", "target_layer", "method")):
-                changes.append(
-                    f"default {source} -> {target}: {best['method']} L{best['source_layer']}->L{best['target_layer']} "
-                    f"(best {by})"
-                )
+            if not same_map(old, best):
+                key = MapKey.from_entry(best)
+                changes.append(f"default {source} -> {target}: {key.method} {key.layers_label} (best {by})")
             self.set_default(source, target, best, by)
         return changes
 
@@ -171,7 +207,7 @@ class MapStore:
                 f"no default map for {source} -> {target} in {self.root}; pairs with maps: "
                 f"{sorted({e['source'] + ' -> ' + e['target'] for e in self.entries()})}"
             )
-        return MapKey(source, target, d["source_layer"], d["target_layer"], d["method"])
+        return MapKey.from_entry(d, source, target)
 
     def load(
         self, key: MapKey, source_fp: str | None = None, target_fp: str | None = None
@@ -196,7 +232,13 @@ class MapStore:
             entry = by_path.get(key.relpath)
             if entry is None:
                 raise MapNotFoundError(f"no map {key.relpath} in {other.root}")
-            new = MapKey(names.get(key.source, key.source), names.get(key.target, key.target), *_layers_method(key))
+            new = MapKey.of(
+                names.get(key.source, key.source),
+                names.get(key.target, key.target),
+                key.source_layers,
+                key.target_layer,
+                key.method,
+            )
             (self.root / new.relpath).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(other.root / key.relpath, self.root / new.relpath)
             manifest["maps"] = [e for e in manifest["maps"] if e["path"] != new.relpath]
@@ -217,10 +259,6 @@ class MapStore:
         for e in self.entries():
             src, tgt = alias_of.get(e.get("source_fingerprint", "")), alias_of.get(e.get("target_fingerprint", ""))
             if src is not None and tgt is not None:
-                key = MapKey(e["source"], e["target"], e["source_layer"], e["target_layer"], e["method"])
+                key = MapKey.from_entry(e)
                 out.append((key, {e["source"]: src, e["target"]: tgt}))
         return out
-
-
-def _layers_method(key: MapKey) -> tuple[int, int, str]:
-    return key.source_layer, key.target_layer, key.method

@@ -22,12 +22,12 @@ import torch
 from aligners import MapFileError, read_header
 from aligners import load as load_map
 from aligners.resolve import choose
-from aligners.store import MapKey, MapNotFoundError, MapStore
+from aligners.store import MapKey, MapNotFoundError, MapStore, same_map
 from calibrate.data import DataError, Item, read_items, split_items
 from calibrate.distill import Through, TrainConfig
 from calibrate.fictional import BUILTINS
-from calibrate.fit import METHODS, TRAINED, Side, layer_pairs, split_passages, sweep
-from calibrate.layers import check_range, parse_layers
+from calibrate.fit import METHODS, TRAINED, Group, Side, layer_pairs, split_passages, sweep
+from calibrate.layers import check_range, parse_layer_groups, parse_layers
 from calibrate.probes import PROBE_KINDS, make_probes
 from service.runtime.loading import LoadedModel, ModelSpecError, cache_home, load_model
 from service.runtime.modes import HANDOVER_MODES, get_mode, parse_handover_modes
@@ -69,7 +69,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     calib, held = split_items(items, args.samples, args.eval_samples, args.seed)
     if len(calib) < args.samples:
         print(f"note: {args.data} has {len(calib)} calibration passages (asked for {args.samples})", file=sys.stderr)
-    source_layers = parse_layers(args.layers)
+    source_layers = parse_layer_groups(args.layers)
     target_layers = parse_layers(args.target_layers) if args.target_layers else None
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -78,11 +78,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     models = {"a": _load(args.source, args), "b": _load(args.target, args)}
     directions = [("a", "b")] + ([("b", "a")] if args.directions == "both" else [])
-    plans: list[tuple[str, str, list[tuple[int, int]], set[tuple[int, int]]]] = []
+    plans: list[tuple[str, str, list[tuple[Group, int]], set[tuple[Group, int]]]] = []
     needed: dict[str, set[int]] = {"a": set(), "b": set()}
     for s, t in directions:
         src, tgt = models[s], models[t]
-        check_range(source_layers, src.n_layers, src.name, "--layers")
+        check_range(sorted({x for g in source_layers for x in g}), src.n_layers, src.name, "--layers")
         if target_layers is not None:
             check_range(target_layers, tgt.n_layers, tgt.name, "--target-layers", allow_last=False)
         main = layer_pairs(source_layers, target_layers, src.n_layers, tgt.n_layers, False)
@@ -91,7 +91,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         main = [(ls, min(lt, below)) for ls, lt in main]
         pairs = [(ls, min(lt, below)) for ls, lt in pairs]
         plans.append((s, t, pairs, set(pairs) - set(main)))
-        needed[s].update(ls for ls, _ in pairs)
+        needed[s].update(x for ls, _ in pairs for x in ls)
         needed[t].update(lt for _, lt in pairs)
     if args.sampled:  # after every check of the arguments: sampling takes a while
         calib = calib + _sampled(list(models.values()), args, timings)
@@ -130,9 +130,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             )
             if "curve" in result.extra:
                 k = result.key
-                curves[f"{k.source}->{k.target} L{k.source_layer}->L{k.target_layer} {k.method}"] = result.extra[
-                    "curve"
-                ]
+                curves[f"{k.source}->{k.target} {k.layers_label} {k.method}"] = result.extra["curve"]
             timings[f"fit {result.key.method}"] = timings.get(f"fit {result.key.method}", 0.0) + result.fit_seconds
             if "proxy_seconds" in result.extra:
                 timings["proxy KL scoring"] = timings.get("proxy KL scoring", 0.0) + result.extra["proxy_seconds"]
@@ -250,14 +248,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("|---|---|---|---|---:|---:|---:|---:|---|")
     for e in store.entries():
         d = defaults.get(f"{e['source']}__{e['target']}", {})
-        is_default = all(d.get(k) == e[k] for k in ("source_layer", "target_layer", "method")) and bool(d)
         m = e.get("metrics", {})
         f1 = e.get("eval", {}).get("f1")
         print(
-            f"| {e['source']} | {e['target']} | L{e['source_layer']}->L{e['target_layer']} | {e['method']} | "
+            f"| {e['source']} | {e['target']} | {MapKey.from_entry(e).layers_label} | {e['method']} | "
             f"{m.get('r2', float('nan')):.3f} | {m.get('cosine', float('nan')):.3f} "
             f"({m.get('mean_baseline_cosine', float('nan')):.3f}) | {m.get('retrieval_at_1', float('nan')):.3f} | "
-            f"{'' if f1 is None else f'{f1:.1f}'} | {'yes' if is_default else ''} |"
+            f"{'' if f1 is None else f'{f1:.1f}'} | {'yes' if same_map(d, e) else ''} |"
         )
     return 0
 
@@ -294,7 +291,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             except MapNotFoundError as err:
                 print(f"{source} -> {target} {mode}: nothing to export ({err})", file=sys.stderr)
                 continue
-            print(f"{source} -> {target} {mode}: {main.method} L{main.source_layer}->L{main.target_layer}")
+            print(f"{source} -> {target} {mode}: {main.method} {main.layers_label}")
             keys.update([main, *below])
     out = MapStore(args.out)
     for key in out.copy_from(store, sorted(keys, key=lambda k: k.relpath)):
@@ -364,8 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--layers",
         default="2,4",
-        help="source layers, e.g. 8-16 or 2,4,8 (default 2,4: low layers carry what A read to text of other "
-        "sources best)",
+        help="source layers, e.g. 8-16 or 2,4,8; A+B fits one map from layers A and B concatenated per token, e.g. "
+        "2,0+2 (default 2,4: low layers carry what A read to text of other sources best)",
     )
     fit.add_argument(
         "--target-layers",

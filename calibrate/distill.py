@@ -181,10 +181,11 @@ def topk_kl(t_logprobs: torch.Tensor, t_ids: torch.Tensor, s_logprobs: torch.Ten
     return (p * (t_logprobs - s_top)).sum(-1) + rest
 
 
-def source_states(encoded: Encoded, layer: int, cut: int) -> torch.Tensor:
-    """The source's states at ``layer`` of the tokens inside the first ``cut`` characters (n, d) float32."""
+def source_states(encoded: Encoded, layer: int | tuple[int, ...], cut: int) -> torch.Tensor:
+    """The source's states at ``layer`` (or several layers concatenated) of the tokens inside the first ``cut``
+    characters (n, d) float32."""
     n = sum(1 for _, end in encoded.offsets if end <= cut)
-    return encoded.states[layer][:n].float()
+    return encoded.at(layer)[:n].float()
 
 
 @dataclass
@@ -223,7 +224,7 @@ class Through:
         return cls(target, texts, probes, teacher, train, held[: config.heldout_probes], config)
 
     def loss(
-        self, map_fn: Any, encoded: list[Encoded], ls: int, lt: int, idx: list[int], grad: bool
+        self, map_fn: Any, encoded: list[Encoded], ls: int | tuple[int, ...], lt: int, idx: list[int], grad: bool
     ) -> tuple[torch.Tensor, float]:
         """(total loss, mean KL) of the probes ``idx`` with the map ``map_fn`` from source layer ``ls`` into ``lt``."""
         target, stack = self.target, self.target.stack
@@ -254,12 +255,12 @@ class Through:
         return total, float(kl.detach())
 
     @torch.no_grad()
-    def score(self, aligner: Aligner, encoded: list[Encoded], ls: int, lt: int) -> float:
+    def score(self, aligner: Aligner, encoded: list[Encoded], ls: int | tuple[int, ...], lt: int) -> float:
         """Mean held-out KL of the target reading the probes after this map's handover (lower is better)."""
         with frozen(self.target.model):
             return self._held_kl(aligner.transform, encoded, ls, lt)
 
-    def _held_kl(self, map_fn: Any, encoded: list[Encoded], ls: int, lt: int) -> float:
+    def _held_kl(self, map_fn: Any, encoded: list[Encoded], ls: int | tuple[int, ...], lt: int) -> float:
         step = max(1, self.config.batch_size * 2)
         kls = [
             (
@@ -270,13 +271,15 @@ class Through:
         ]
         return sum(k * n for k, n in kls) / max(1, sum(n for _, n in kls))
 
-    def train(self, aligner: Distill, encoded: list[Encoded], ls: int, lt: int, label: str = "") -> dict[str, Any]:
+    def train(
+        self, aligner: Distill, encoded: list[Encoded], ls: int | tuple[int, ...], lt: int, label: str = ""
+    ) -> dict[str, Any]:
         """Train ``aligner`` (already fitted: its least-squares init) through the target; installs the best held-out
         state and returns the learning curve and timings."""
         cfg = self.config
         module: MapModule = aligner.module().to(self.target.stack.device)
         passages = sorted({self.probes[i].passage for i in self.train_idx})[:16]  # the training probes' passages
-        sample = torch.cat([encoded[i].states[ls] for i in passages]).to(module.weight.device)
+        sample = torch.cat([encoded[i].at(ls) for i in passages]).to(module.weight.device)
         optimizer = make_optimizer(module, sample, cfg)
         w0 = module.weight.detach().clone()  # as trained (preconditioned or not)
         w0_norm = float(w0.square().sum())

@@ -157,12 +157,12 @@ def _maps_for(
         need = get_mode(mode).need
         n_src, n_tgt = source.n_layers, target.n_layers
         main, below = choose(
-            store.entries(), key.source, key.target, need, n_src, n_tgt, layer, key.method, key.source_layer
+            store.entries(), key.source, key.target, need, n_src, n_tgt, layer, key.method, key.source_layers
         )
     except MapNotFoundError:
         return None
     return [
-        LayerMap(k.source_layer, k.target_layer, store.load(k, source.fingerprint, target.fingerprint)[0])
+        LayerMap.of(k.source_layers, k.target_layer, store.load(k, source.fingerprint, target.fingerprint)[0])
         for k in [*below, main]
     ]
 
@@ -226,7 +226,7 @@ def evaluate_direction(
     t0 = time.perf_counter()
     screen: list[dict[str, Any]] = []
     for e in tqdm(entries if screen_by == "f1" else [], desc=f"screen {source.name}->{target.name}", unit="map"):
-        key = MapKey(e["source"], e["target"], e["source_layer"], e["target_layer"], e["method"])
+        key = MapKey.from_entry(e)
         maps = _maps_for(store, source, target, key, "replace")
         assert maps is not None  # the entry itself exists
         scores = batched(
@@ -234,14 +234,7 @@ def evaluate_direction(
         )
         screen.append({**key.as_dict(), "f1": scores["f1"], "nll": scores["nll"]})
     if screen_by == "kl":
-        screen = [
-            {
-                **{k: e[k] for k in ("source", "target", "source_layer", "target_layer", "method")},
-                "kl": e["metrics"]["kl"],
-            }
-            for e in entries
-            if "kl" in e["metrics"]
-        ]
+        screen = [{**MapKey.from_entry(e).as_dict(), "kl": e["metrics"]["kl"]} for e in entries if "kl" in e["metrics"]]
     timings["screen"] = time.perf_counter() - t0
 
     best: dict[str, dict[str, Any]] = {}
@@ -257,8 +250,8 @@ def evaluate_direction(
 
     t0 = time.perf_counter()
     translated, identity = [], {}
-    for method, row in tqdm(sorted(best.items()), desc=f"modes {source.name}->{target.name}", unit="method"):
-        key = MapKey(row["source"], row["target"], row["source_layer"], row["target_layer"], method)
+    for _, row in tqdm(sorted(best.items()), desc=f"modes {source.name}->{target.name}", unit="method"):
+        key = MapKey.from_entry(row)
         for mode, grid in [(m, g) for m in modes for g in grids]:
             layer = _layer(mode, key.target_layer)
             maps = _maps_for(store, source, target, key, mode)
@@ -282,7 +275,7 @@ def evaluate_direction(
                     **key.as_dict(),
                     "mode": mode,
                     "grid": grid,
-                    "layers": f"L{maps[-1].source_layer}->L{maps[-1].target_layer}",  # the map this mode used
+                    "layers": maps[-1].label,  # the map this mode used
                     **scores,
                     "cbr": cbr(scores["nll"]) if with_nll else None,
                     "pct_native": 100 * scores["f1"] / baselines["native"]["f1"]
@@ -325,7 +318,7 @@ def eval_markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if text else ""),
     ]
     for r in result["translated"]:
-        layers = r.get("layers") or f"L{r['source_layer']}->L{0 if r['mode'] == 'embeds' else r['target_layer']}"
+        layers = r.get("layers") or MapKey.from_entry(r).layers_label
         mode = r["mode"] + (" (target grid)" if r.get("grid") == "target" else "")
         if "missing" in r:
             lines.append(f"| {r['method']} | {layers} | {mode} | n/a ({r['missing']}) | | | | | | |")
@@ -400,9 +393,9 @@ def run_eval(args: argparse.Namespace) -> int:
         )
         result["chat"] = bool(args.chat and models[target_name].tokenizer.chat_template)
         results.append(result)
-        values: dict[tuple[int, str], float] = {}
+        values: dict[tuple[tuple[int, ...], str], float] = {}
         for row in result["screen"]:
-            cell = (row["source_layer"], row["method"])
+            cell = (MapKey.from_entry(row).source_layers, row["method"])
             score = row["f1"] if screen_by == "f1" else row["kl"]
             values[cell] = (
                 max(values.get(cell, float("-inf")), score)
@@ -429,13 +422,9 @@ def run_eval(args: argparse.Namespace) -> int:
 def _record_screening(store: MapStore, results: list[dict[str, Any]], screen_items: int) -> None:
     """Record screening F1 in the manifest and make the best task F1 the default map (ties change nothing)."""
     manifest = store.manifest()
-    screened = {
-        (r["source"], r["target"], r["source_layer"], r["target_layer"], r["method"]): r["f1"]
-        for res in results
-        for r in res["screen"]
-    }
+    screened = {MapKey.from_entry(r): r["f1"] for res in results for r in res["screen"]}
     for e in manifest["maps"]:
-        k = (e["source"], e["target"], e["source_layer"], e["target_layer"], e["method"])
+        k = MapKey.from_entry(e)
         if k in screened:
             e["eval"] = {"f1": screened[k], "items": screen_items}
     store.write_manifest(manifest)

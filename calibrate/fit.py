@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from aligners import Aligner, Distill, build, metrics
-from aligners.store import MapKey, MapStore, matching_layer
+from aligners.store import MapKey, MapStore, layers_name, matching_layer
 from calibrate.distill import Through
 from service.runtime.encode import Encoded
 from service.runtime.loading import LoadedModel
@@ -67,19 +67,24 @@ class FitResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# Source layers of one map: one layer, or several whose states are concatenated per token (ascending).
+Group = tuple[int, ...]
+
+
 def layer_pairs(
-    source_layers: list[int], target_layers: list[int] | None, n_src: int, n_tgt: int, full: bool
-) -> list[tuple[int, int]]:
-    """Every (source, target) pair to fit: each source layer with each listed target layer (or, with none listed,
-    with the target's input embeddings, layer 0, and the target layer at the same relative depth), plus, with
-    ``full``, the per-layer maps for target layers below each target layer."""
-    pairs: set[tuple[int, int]] = set()
+    source_layers: list[Group], target_layers: list[int] | None, n_src: int, n_tgt: int, full: bool
+) -> list[tuple[Group, int]]:
+    """Every (source layers, target layer) pair to fit: each source layer group with each listed target layer (or,
+    with none listed, with the target's input embeddings, layer 0, and the target layer at the same relative depth as
+    the group's deepest layer), plus, with ``full``, the single-layer maps for target layers below each target
+    layer."""
+    pairs: set[tuple[Group, int]] = set()
     for ls in source_layers:
-        targets = target_layers if target_layers is not None else [0, matching_layer(ls, n_src, n_tgt)]
+        targets = target_layers if target_layers is not None else [0, matching_layer(ls[-1], n_src, n_tgt)]
         for lt in targets:
             pairs.add((ls, lt))
             if full:
-                pairs.update((matching_layer(k, n_tgt, n_src), k) for k in range(lt))
+                pairs.update(((matching_layer(k, n_tgt, n_src),), k) for k in range(lt))
     return sorted(pairs)
 
 
@@ -90,13 +95,14 @@ def split_passages(n: int, seed: int, heldout_fraction: float = 0.1) -> tuple[li
     return sorted(order[n_held:]), sorted(order[:n_held])
 
 
-def gather(src: Side, tgt: Side, items: list[int], ls: int, lt: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paired rows (source at ls, target at lt) over the given passages, float32."""
+def gather(src: Side, tgt: Side, items: list[int], ls: int | Group, lt: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paired rows (source at ls, one layer or several concatenated; target at lt) over the given passages,
+    float32."""
     xs, ys = [], []
     for i in items:
         a, b = src.encoded[i], tgt.encoded[i]
         si, ti = pair_indices(a.offsets, b.offsets)
-        xs.append(a.states[ls][si])
+        xs.append(a.at(ls)[si])
         ys.append(b.states[lt][ti])
     return torch.cat(xs).float(), torch.cat(ys).float()
 
@@ -119,13 +125,13 @@ def _meta(
 def sweep(
     src: Side,
     tgt: Side,
-    pairs: list[tuple[int, int]],
+    pairs: list[tuple[Group, int]],
     methods: list[str],
     store: MapStore,
     metadata: dict[str, Any],
     seed: int = 0,
     through: Through | None = None,
-    helpers: set[tuple[int, int]] | None = None,
+    helpers: set[tuple[Group, int]] | None = None,
     train_top: int = 1,
 ) -> list[FitResult]:
     """Fit and save every method for every layer pair of one direction.
@@ -143,9 +149,9 @@ def sweep(
     if trained and through is None:
         raise ValueError(f"method(s) {trained} train through the target and need probes (a teacher)")
     results = []
-    data: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
-    init_kl: dict[tuple[int, int], float] = {}
-    inits: dict[tuple[int, int], Aligner] = {}  # each ranked pair's least-squares start
+    data: dict[tuple[Group, int], tuple[torch.Tensor, ...]] = {}
+    init_kl: dict[tuple[Group, int], float] = {}
+    inits: dict[tuple[Group, int], Aligner] = {}  # each ranked pair's least-squares start
     bar = tqdm(total=len(pairs) * len(closed), desc=f"fit {src.name}->{tgt.name}", unit="map")
     for ls, lt in pairs:
         x, y = gather(src, tgt, fit_idx, ls, lt)
@@ -160,7 +166,7 @@ def sweep(
             if through is not None and (ls, lt) not in helpers:  # helper maps are never candidates: no proxy
                 scores["kl"] = through.score(aligner, src.encoded, ls, lt)
             proxy_seconds = time.perf_counter() - proxy_start
-            key = MapKey(src.name, tgt.name, ls, lt, method)
+            key = MapKey.of(src.name, tgt.name, ls, lt, method)
             meta = {**_meta(src, tgt, metadata, x, xh, len(fit_idx)), "fit_seconds": seconds}
             store.save(key, aligner, meta, scores, helper=(ls, lt) in helpers)
             results.append(
@@ -168,7 +174,7 @@ def sweep(
             )
             bar.update(1)
             shown = f"kl={scores['kl']:.3f}" if "kl" in scores else f"r2={scores.get('r2', float('nan')):.3f}"
-            bar.set_postfix_str(f"L{ls}->L{lt} {method} {shown}")
+            bar.set_postfix_str(f"{key.layers_label} {method} {shown}")
     bar.close()
     if not trained or through is None:
         return results
@@ -179,7 +185,7 @@ def sweep(
         x, y, _, _ = data[(ls, lt)]
         inits[(ls, lt)] = make_aligner("distill", seed).fit(x, y)
         init_kl[(ls, lt)] = through.score(inits[(ls, lt)], src.encoded, ls, lt)
-    chosen: list[tuple[int, int]] = []
+    chosen: list[tuple[Group, int]] = []
     for into_embeddings in (True, False):  # KLs compare across target layers: the same probes, the same teacher
         ranked = sorted((kl, pair) for pair, kl in init_kl.items() if (pair[1] == 0) == into_embeddings)
         chosen.extend(pair for _, pair in ranked[:train_top])
@@ -191,12 +197,13 @@ def sweep(
             same = method == "distill" and (ls, lt) in inits
             aligner = inits.pop((ls, lt)) if same else make_aligner(method, seed).fit(x, y)
             assert isinstance(aligner, Distill)  # every trained method is a distill map
-            report = through.train(aligner, src.encoded, ls, lt, label=f"{src.name}->{tgt.name} L{ls}->L{lt}")
+            label = f"{src.name}->{tgt.name} L{layers_name(ls)}->L{lt}"
+            report = through.train(aligner, src.encoded, ls, lt, label=label)
             seconds = time.perf_counter() - start
             scores = metrics.evaluate(aligner.transform(xh), yh, target_mean=y.mean(dim=0)) if len(xh) > 1 else {}
             scores["kl"] = report["heldout_kl"]
             scores["init_kl"] = init_kl[(ls, lt)]
-            key = MapKey(src.name, tgt.name, ls, lt, method)
+            key = MapKey.of(src.name, tgt.name, ls, lt, method)
             meta = {
                 **_meta(src, tgt, metadata, x, xh, len(fit_idx)),
                 "fit_seconds": seconds,

@@ -24,6 +24,22 @@ def parse_layers(text: str) -> list[int]:
     return sorted(layers)
 
 
+def parse_layer_groups(text: str) -> list[tuple[int, ...]]:
+    """Source layers, where ``A+B`` concatenates the states of layers A and B per token into one map's input:
+    ``"2,4,0+2"`` -> [(2,), (4,), (0, 2)]; ranges as in ``parse_layers`` give one layer each."""
+    groups: list[tuple[int, ...]] = []
+    for part in text.split(","):
+        if "+" in part:
+            layers = [parse_layers(p) for p in part.split("+")]
+            if any(len(one) != 1 for one in layers) or len({one[0] for one in layers}) != len(layers):
+                raise ValueError(f"bad layer group {part.strip()!r}: join distinct single layers with +, like 0+2")
+            group: list[tuple[int, ...]] = [tuple(sorted(one[0] for one in layers))]
+        else:
+            group = [(layer,) for layer in parse_layers(part)]
+        groups.extend(g for g in group if g not in groups)
+    return groups
+
+
 def check_range(layers: list[int], n_layers: int, model: str, what: str, allow_last: bool = True) -> None:
     top = n_layers if allow_last else n_layers - 1
     bad = [layer for layer in layers if layer > top]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from aligners.store import MapKey, layers_name
+
 
 def _f(value: Any, digits: int = 3) -> str:
     return "" if value is None else f"{value:.{digits}f}"
@@ -16,9 +18,10 @@ def fit_markdown(rows: list[dict[str, Any]], timings: dict[str, float]) -> str:
         "| pairs |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in sorted(rows, key=lambda r: (r["source"], r["source_layer"], r["target_layer"], r["method"])):
+    keyed = [(MapKey.from_entry(r), r) for r in rows]
+    for key, r in sorted(keyed, key=lambda kr: (kr[0].source, kr[0].source_layers, kr[0].target_layer, kr[0].method)):
         lines.append(
-            f"| {r['source']} -> {r['target']} | L{r['source_layer']}->L{r['target_layer']} | {r['method']} | "
+            f"| {r['source']} -> {r['target']} | {key.layers_label} | {r['method']} | "
             f"{_f(r.get('kl'))} | {_f(r.get('r2'))} | {_f(r.get('cosine'))} | {_f(r.get('mean_baseline_cosine'))} | "
             f"{_f(r.get('centred_cosine'))} | {_f(r.get('retrieval_at_1'))} | {r.get('n_pairs_fit', '')} |"
         )
@@ -32,9 +35,9 @@ def fit_markdown(rows: list[dict[str, Any]], timings: dict[str, float]) -> str:
 
 
 def heatmap(
-    values: dict[tuple[int, str], float], title: str, path: Path, label: str, vmin: float | None = None
+    values: dict[tuple[tuple[int, ...], str], float], title: str, path: Path, label: str, vmin: float | None = None
 ) -> None:
-    """A source layer x method heatmap of one metric (best over target layers), saved as PNG."""
+    """A source layer(s) x method heatmap of one metric (best over target layers), saved as PNG."""
     plt = _pyplot()
 
     layers = sorted({k[0] for k in values})
@@ -42,7 +45,7 @@ def heatmap(
     grid = [[values.get((layer, m), float("nan")) for layer in layers] for m in methods]
     fig, ax = plt.subplots(figsize=(max(5.5, 1.5 + 0.7 * len(layers)), 1.5 + 0.5 * len(methods)))
     im = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=vmin)
-    ax.set_xticks(range(len(layers)), [f"L{layer}" for layer in layers])
+    ax.set_xticks(range(len(layers)), [f"L{layers_name(layer)}" for layer in layers])
     ax.set_yticks(range(len(methods)), methods)
     ax.set_xlabel("source layer")
     ax.set_title(title, fontsize=9)

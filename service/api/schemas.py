@@ -45,10 +45,18 @@ class ModelInfo(BaseModel):
     )
 
 
+SOURCE_LAYERS = Field(
+    default=None,
+    description="where the map reads several source layers concatenated per token: all of them, ascending "
+    "(source_layer is the deepest); null where it reads one",
+)
+
+
 class MapInfo(BaseModel):
     source: str
     target: str
     source_layer: int
+    source_layers: list[int] | None = SOURCE_LAYERS
     target_layer: int
     method: str
     metrics: dict[str, float] = Field(default_factory=dict, description="held-out representation metrics")
@@ -123,6 +131,7 @@ class TranslateResponse(BaseModel):
     source: str
     target: str
     source_layer: int
+    source_layers: list[int] | None = SOURCE_LAYERS
     target_layer: int
     method: str
     tokens: list[Token]
@@ -195,6 +204,7 @@ class GenerateResponse(BaseModel):
     finish_reason: Literal["stop", "length"]
     usage: Usage
     source_layer: int | None
+    source_layers: list[int] | None = SOURCE_LAYERS
     target_layer: int | None
     method: str | None
     mode: HandoverMode

@@ -24,7 +24,7 @@ from service.api.schemas import GenerateRequest, TranslateRequest, TranslateResp
 from service.api.translation import response, source_side, target_side
 from service.backends import Backend, make_backend
 from service.runtime.encode import encode
-from service.runtime.handover import Encoder, LayerMap, prepare
+from service.runtime.handover import Encoder, LayerMap, needed_layers, prepare
 from service.runtime.loading import LoadedModel, load_model
 from service.runtime.modes import get_mode
 from service.runtime.prompt import Prompt
@@ -50,6 +50,7 @@ class Resolved:
     target_layer: int | None
     method: str | None
     paths: list[Path] = field(default_factory=list)  # the maps' files, in the order of ``maps``
+    source_layers: list[int] | None = None  # where the main map concatenates several source layers
 
 
 @dataclass
@@ -122,7 +123,9 @@ class ServiceState:
     def _start_encoders(self) -> None:
         """A vLLM encoder for each source model configured for one, serving every source layer its maps read."""
         for alias, model in self.models.items():
-            layers = sorted({e["source_layer"] for e in self.served if e["source"] == alias})
+            layers = sorted(
+                {layer for e in self.served if e["source"] == alias for layer in MapKey.from_entry(e).source_layers}
+            )
             if self.settings.encoder_for(alias) != "vllm" or not layers:
                 continue
             from service.backends.vllm_source import VLLMEncoder
@@ -167,7 +170,7 @@ class ServiceState:
                 else:
                     skipped += 1
                 continue
-            key = MapKey(src, tgt, e["source_layer"], e["target_layer"], e["method"])
+            key = MapKey.from_entry(e, src, tgt)
             path = self.store.root / e["path"]
             try:
                 aligner, _ = load_checked(path, self.models[src].fingerprint, self.models[tgt].fingerprint)
@@ -238,7 +241,7 @@ class ServiceState:
         """The job that turns a generate request into its target prompt (``Backend.stream`` takes it), with the
         prepare timings and the count of source tokens."""
         src, tgt = self.model(req.source), self.model(req.target)
-        encoder = self.encoder(req.source, sorted({m.source_layer for m in resolved.maps}))
+        encoder = self.encoder(req.source, needed_layers(resolved.maps))
 
         def build() -> tuple[Prompt, dict[str, float], int]:
             mode = resolved.mode
@@ -251,7 +254,7 @@ class ServiceState:
     def translate(self, req: TranslateRequest, resolved: Resolved) -> TranslateResponse:
         t0 = time.perf_counter()
         layer_map = resolved.maps[0]
-        encoder = self.encoder(req.source, [layer_map.source_layer])
+        encoder = self.encoder(req.source, list(layer_map.source_layers))
         src = source_side(self.model(req.source), encoder, req.text, layer_map)
         tgt = target_side(self.model(req.target), req, layer_map.target_layer, src)
         result = response(req, resolved.maps, resolved.method, src, tgt)
@@ -288,5 +291,7 @@ class ServiceState:
         except MapNotFoundError as err:
             raise NotFoundError(str(err)) from None
         keys = [key, *below]
-        maps = [LayerMap(k.source_layer, k.target_layer, self._aligner(k)) for k in keys]
-        return Resolved(mode, maps, key.source_layer, key.target_layer, key.method, [self._paths[k] for k in keys])
+        maps = [LayerMap(k.source_layer, k.target_layer, self._aligner(k), k.extra_layers) for k in keys]
+        paths = [self._paths[k] for k in keys]
+        concat = list(key.source_layers) if key.extra_layers else None
+        return Resolved(mode, maps, key.source_layer, key.target_layer, key.method, paths, concat)

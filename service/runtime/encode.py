@@ -24,6 +24,12 @@ class Encoded:
     offsets: list[tuple[int, int]]
     states: dict[int, torch.Tensor]
 
+    def at(self, layers: int | tuple[int, ...]) -> torch.Tensor:
+        """The states at one layer, or at several concatenated per token in the given order (T, sum of widths)."""
+        if isinstance(layers, int):
+            return self.states[layers]
+        return torch.cat([self.states[layer] for layer in layers], dim=-1)
+
 
 def check_layers(model: LoadedModel, layers: list[int]) -> list[int]:
     bad = [layer for layer in layers if not 0 <= layer <= model.n_layers]

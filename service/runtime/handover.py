@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 
 from aligners import Aligner
+from aligners.store import layers_name
 from service.runtime.encode import Encoded, encode
 from service.runtime.loading import LoadedModel
 from service.runtime.modes import Handed, get_mode
@@ -30,11 +31,26 @@ Encoder = Callable[[list[str], list[int]], list[Encoded]]
 
 @dataclass
 class LayerMap:
-    """A fitted map from the source's ``source_layer`` states to the target's ``target_layer`` states."""
+    """A fitted map from the source's ``source_layer`` states (with ``extra_layers``: the states at
+    ``(*extra_layers, source_layer)`` concatenated per token) to the target's ``target_layer`` states."""
 
     source_layer: int
     target_layer: int
     aligner: Aligner
+    extra_layers: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, source_layers: tuple[int, ...] | list[int], target_layer: int, aligner: Aligner) -> LayerMap:
+        """The map from the concatenated ``source_layers`` (ascending: the deepest is ``source_layer``)."""
+        return cls(source_layers[-1], target_layer, aligner, tuple(source_layers[:-1]))
+
+    @property
+    def source_layers(self) -> tuple[int, ...]:
+        return (*self.extra_layers, self.source_layer)
+
+    @property
+    def label(self) -> str:
+        return f"L{layers_name(self.source_layers)}->L{self.target_layer}"
 
 
 @dataclass
@@ -70,23 +86,28 @@ def check_maps(mode: str, maps: list[LayerMap], source: int, target: int) -> Non
         into = f"target layers 0..{layer}" if handover_mode.per_layer_maps else f"target layer {layer} only"
         raise ValueError(f"mode {mode!r} at layer {layer} needs maps into {into}, got {sorted(by_target)}")
     for m in maps:
-        if m.aligner.d_src != source or m.aligner.d_tgt != target:
+        width = source * len(m.source_layers)
+        if m.aligner.d_src != width or m.aligner.d_tgt != target:
             raise ValueError(
-                f"map L{m.source_layer}->L{m.target_layer} is {m.aligner.d_src}->{m.aligner.d_tgt}, but the models "
-                f"need {source}->{target}"
+                f"map {m.label} is {m.aligner.d_src}->{m.aligner.d_tgt}, but the models need {width}->{target}"
             )
+
+
+def needed_layers(maps: list[LayerMap]) -> list[int]:
+    """Every source layer whose states the maps read."""
+    return sorted({layer for m in maps for layer in m.source_layers})
 
 
 def project(source: LoadedModel, text: str, maps: list[LayerMap], encoder: Encoder | None = None) -> Projected:
     """Encode ``text`` with the source (``encoder``, default: its transformers modules) and map its states into every
     target layer of ``maps``."""
     t0 = time.perf_counter()
-    layers = sorted({m.source_layer for m in maps})
+    layers = needed_layers(maps)
     enc = (encoder or (lambda texts, at: encode(source, texts, at)))([text], layers)[0]
     t1 = time.perf_counter()
     if not enc.ids:
         raise ValueError(f"text has no tokens for {source.name}: a handover needs a non-empty text")
-    mapped = {m.target_layer: m.aligner.transform(enc.states[m.source_layer].to(torch.float32)) for m in maps}
+    mapped = {m.target_layer: m.aligner.transform(enc.at(m.source_layers).to(torch.float32)) for m in maps}
     t2 = time.perf_counter()
     return Projected(mapped, enc.ids, enc.offsets, {"encode": (t1 - t0) * 1e3, "project": (t2 - t1) * 1e3})
 

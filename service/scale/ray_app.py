@@ -38,7 +38,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from aligners import Aligner
-from aligners.store import MapStore, load_checked
+from aligners.store import MapKey, MapStore, load_checked
 from service.api.app import create_app
 from service.api.errors import NotReadyError
 from service.api.schemas import GenerateRequest, TranslateRequest, TranslateResponse
@@ -46,7 +46,7 @@ from service.api.state import ServiceState, check_room
 from service.api.translation import SourceSide, TargetSide, response, source_side, target_side
 from service.backends import make_backend
 from service.runtime.generate import SamplingParams, StepEvent
-from service.runtime.handover import LayerMap, Projected, build_prompt, project
+from service.runtime.handover import LayerMap, Projected, build_prompt, needed_layers, project
 from service.runtime.loading import load_model
 from service.runtime.modes import get_mode
 from service.settings import Settings
@@ -132,10 +132,11 @@ class SourceModel(_Replica):
         # The layers any map fitted for this model reads (in the store, or bundled to be installed there).
         layers = sorted(
             {
-                e["source_layer"]
+                layer
                 for root in (self.settings.maps, self.settings.default_maps)
                 for e in MapStore(root).manifest()["maps"]
                 if e.get("source_fingerprint") == self.model.fingerprint
+                for layer in MapKey.from_entry(e).source_layers
             }
         )
         if self.settings.encoder_for(alias) == "vllm" and layers:
@@ -146,27 +147,29 @@ class SourceModel(_Replica):
     def info(self) -> ModelCard:
         return self.card(encoder="vllm" if self.vllm is not None else "transformers")
 
-    def _maps(self, maps: list[tuple[int, int, str]], target_fingerprint: str) -> list[LayerMap]:
+    def _maps(self, maps: list[tuple[list[int], int, str]], target_fingerprint: str) -> list[LayerMap]:
         out = []
-        for source_layer, target_layer, path in maps:
+        for source_layers, target_layer, path in maps:
             key = (path, target_fingerprint)
             if key not in self.maps:
                 self.maps[key] = load_checked(Path(path), self.model.fingerprint, target_fingerprint)[0]
                 while len(self.maps) > MAP_CACHE:
                     self.maps.popitem(last=False)
-            out.append(LayerMap(source_layer, target_layer, self.maps[key]))
+            out.append(LayerMap.of(source_layers, target_layer, self.maps[key]))
         return out
 
     def _encoder(self, maps: list[LayerMap]) -> Any:
-        layers = sorted({m.source_layer for m in maps})
+        layers = needed_layers(maps)
         return self.vllm.encode if self.vllm is not None and self.vllm.covers(layers) else None
 
-    def project(self, request_id: str, text: str, maps: list[tuple[int, int, str]], target_fp: str) -> Projected:
+    def project(self, request_id: str, text: str, maps: list[tuple[list[int], int, str]], target_fp: str) -> Projected:
         self.record("project", [request_id])
         layer_maps = self._maps(maps, target_fp)
         return project(self.model, text, layer_maps, self._encoder(layer_maps))
 
-    def translate(self, request_id: str, text: str, maps: list[tuple[int, int, str]], target_fp: str) -> SourceSide:
+    def translate(
+        self, request_id: str, text: str, maps: list[tuple[list[int], int, str]], target_fp: str
+    ) -> SourceSide:
         self.record("translate", [request_id])
         layer_maps = self._maps(maps, target_fp)
         return source_side(self.model, self._encoder(layer_maps), text, layer_maps[0])
@@ -324,7 +327,9 @@ class RayState(ServiceState):
 
     def handover(self, req: GenerateRequest, resolved: Any) -> Callable[[], tuple[Any, dict[str, float], int]]:
         rid = uuid.uuid4().hex
-        maps = [(m.source_layer, m.target_layer, str(p)) for m, p in zip(resolved.maps, resolved.paths, strict=True)]
+        maps = [
+            (list(m.source_layers), m.target_layer, str(p)) for m, p in zip(resolved.maps, resolved.paths, strict=True)
+        ]
         target_fp = self.models[req.target].fingerprint
 
         def project() -> Any:
@@ -349,7 +354,7 @@ class RayState(ServiceState):
             "translate",
             lambda: (
                 self._source(req.source)
-                .translate.remote(rid, req.text, [(m.source_layer, m.target_layer, str(path))], target_fp)
+                .translate.remote(rid, req.text, [(list(m.source_layers), m.target_layer, str(path))], target_fp)
                 .result()
             ),
         )

@@ -14,6 +14,7 @@ from aligners import load
 from aligners.store import MapKey, MapMismatchError, MapStore
 from calibrate.cli import main
 from calibrate.fit import layer_pairs
+from calibrate.layers import parse_layer_groups
 from service.runtime.loading import LoadedModel
 
 pytestmark = pytest.mark.slow
@@ -216,8 +217,19 @@ def test_layers_out_of_range_name_the_model(
 
 def test_default_layer_pairs_enter_the_embeddings_and_the_same_depth() -> None:
     # 30 source layers, 18 target layers: source layer 2 sits at the depth of target layer 1, layer 8 at layer 5.
-    assert layer_pairs([2, 8], None, 30, 18, full=False) == [(2, 0), (2, 1), (8, 0), (8, 5)]
-    assert layer_pairs([4], [3], 30, 18, full=True) == [(0, 0), (2, 1), (3, 2), (4, 3)]  # listed, + per-layer maps
+    assert layer_pairs([(2,), (8,)], None, 30, 18, full=False) == [((2,), 0), ((2,), 1), ((8,), 0), ((8,), 5)]
+    # listed, + per-layer maps (single layers)
+    assert layer_pairs([(4,)], [3], 30, 18, full=True) == [((0,), 0), ((2,), 1), ((3,), 2), ((4,), 3)]
+    # concatenated layers: the same depth as the deepest of them
+    assert layer_pairs([(0, 8)], None, 30, 18, full=False) == [((0, 8), 0), ((0, 8), 5)]
+
+
+def test_layer_groups_concatenate_with_plus() -> None:
+    assert parse_layer_groups("2,4,0+2") == [(2,), (4,), (0, 2)]
+    assert parse_layer_groups("2-3,4+0,2") == [(2,), (3,), (0, 4)]
+    for bad in ("0+0", "1-3+4", "a+1", "+2"):
+        with pytest.raises(ValueError, match="bad layer"):
+            parse_layer_groups(bad)
 
 
 def test_console_script_help() -> None:

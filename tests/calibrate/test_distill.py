@@ -228,6 +228,52 @@ def test_cli_trains_distill_maps_ranks_by_proxy_and_reports_curves(tiny_dirs: di
         main([*args, "--train-batch", "0"])
 
 
+@pytest.mark.slow
+def test_maps_from_concatenated_source_layers_fit_train_evaluate_and_serve(
+    tiny_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    from aligners.store import MapStore
+    from service.api.schemas import TranslateRequest
+    from service.api.state import ServiceState
+    from service.settings import Settings
+
+    out = tmp_path / "maps"
+    args = ["fit", "--source", str(tiny_dirs["llama"]), "--target", str(tiny_dirs["gemma3"]), "--samples", "24"]
+    args += ["--eval-samples", "8", "--layers", "2,0+2", "--target-layers", "0", "--methods", "linear,distill"]
+    args += ["--directions", "forward", "--out", str(out), "--cache", str(tmp_path / "cache"), "--train-epochs", "1"]
+    assert main([*args, "--sampled", "0", "--proxy-probes", "8", "--train-top", "2"]) == 0
+    entries = {(tuple(e.get("source_layers", [e["source_layer"]])), e["method"]): e for e in MapStore(out).entries()}
+    assert set(entries) == {((2,), "linear"), ((0, 2), "linear"), ((2,), "distill"), ((0, 2), "distill")}
+    concat = entries[((0, 2), "distill")]
+    assert concat["path"] == "llama__gemma3/L0+2-L0/distill.safetensors" and concat["source_layer"] == 2
+    aligner, meta = load(out / concat["path"])
+    assert (aligner.d_src, aligner.d_tgt) == (256, 128) and meta["source_layers"] == [0, 2]
+    assert meta["train"]["steps"] >= 1
+    assert "L0+2->L0" in (out / "fit-report.md").read_text()
+
+    report = tmp_path / "eval"
+    argv = ["eval", "--maps", str(out), "--samples", "3", "--max-new-tokens", "3", "--modes", "embeds"]
+    assert main([*argv, "--cache", str(tmp_path / "cache"), "--out", str(report)]) == 0
+    (result,) = json.loads((report / "eval-report.json").read_text())
+    best = min(
+        (e for e in entries.values() if e["method"] == "distill"), key=lambda e: e["metrics"]["kl"]
+    )  # eval uses each method's lowest proxy KL, as the server does
+    (row,) = [r for r in result["translated"] if r["method"] == "distill"]
+    assert row["layers"] == ("L0+2->L0" if best is concat else "L2->L0")
+
+    models = f"llama={tiny_dirs['llama']},gemma3={tiny_dirs['gemma3']}"
+    state = ServiceState(Settings(models=models, maps=out, prepare_maps=False))
+    state.load()
+    assert state.status == "ready", state.detail
+    resolved = state.resolve("llama", "gemma3", "translate", 0, "distill")
+    want = [0, 2] if best is concat else None
+    assert resolved.source_layers == want
+    req = TranslateRequest(source="llama", target="gemma3", text="the mill of Varn", method="distill", layer=0)
+    response = state.translate(req, resolved)
+    assert response.source_layer == 2 and response.source_layers == want
+    assert response.shape[1] == 128
+
+
 def test_native_answers_are_cached_per_target_and_items(tiny: dict[str, LoadedModel], tmp_path: Path) -> None:
     from calibrate.probes import native_answers
 

@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 CONTEXT = "Ysolde Marrow built a lighthouse in Quillmere in 1874. It was later run by Corin Aske."
 QUESTION = "\nQuestion: Who ran the lighthouse later?\nAnswer:"
-KEYS = ("text", "finish_reason", "usage", "source_layer", "target_layer", "method", "mode")
+KEYS = ("text", "finish_reason", "usage", "source_layer", "source_layers", "target_layer", "method", "mode")
 
 
 @pytest.fixture(scope="module")

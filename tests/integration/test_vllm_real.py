@@ -41,5 +41,5 @@ def test_vllm_engines_answer_like_make_serve(
     with vllm_real.client() as v, default_server.client() as t:
         got, want = v.post("/generate", json=body), t.post("/generate", json=body)
     assert got.status_code == want.status_code == 200, (got.text, want.text)
-    keys = ("text", "finish_reason", "usage", "source_layer", "target_layer", "method")
+    keys = ("text", "finish_reason", "usage", "source_layer", "source_layers", "target_layer", "method")
     assert {k: got.json()[k] for k in keys} == {k: want.json()[k] for k in keys}

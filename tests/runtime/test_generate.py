@@ -145,6 +145,37 @@ def test_grid_indices_follow_the_target_tokens() -> None:
         grid_indices([(0, 0)], [(0, 3)])
 
 
+def selecting(d: int, n_layers: int, pick: int) -> LayerMap:
+    """A map from ``n_layers`` concatenated source layers (0, 1, ..., of width d each) that returns layer ``pick``'s
+    part unchanged and ignores the others: the oracle for which states a concatenated map reads, in which order."""
+    weight = torch.zeros(d, d * n_layers)
+    weight[:, pick * d : (pick + 1) * d] = torch.eye(d)
+    aligner = build("linear")
+    aligner.set_state({"weight": weight}, d * n_layers, d)
+    return LayerMap.of(tuple(range(n_layers)), pick, aligner)
+
+
+@pytest.mark.parametrize("pick", [0, 1, 2])
+def test_a_map_from_concatenated_layers_reads_them_in_order(tiny: dict[str, LoadedModel], pick: int) -> None:
+    # Source = target and maps from layers 0, 1, 2 concatenated that pass layer k's part through into layer k: the
+    # handover at layer `pick` is the model reading the text itself, token for token (embeds at layer 0, full above
+    # it, which hands over every layer up to its injection layer).
+    m = tiny["llama"]
+    native = generate(m, [prepare(m, m, TEXT, SUFFIX, "native", []).prompt], SamplingParams(max_new_tokens=8))[0]
+    maps = [selecting(m.hidden_size, 3, k) for k in range(pick + 1)]
+    assert maps[-1].source_layers == (0, 1, 2) and maps[-1].label == f"L0+1+2->L{pick}"
+    handed = prepare(m, m, TEXT, SUFFIX, "embeds" if pick == 0 else "full", maps)
+    assert generate(m, [handed.prompt], SamplingParams(max_new_tokens=8))[0].token_ids == native.token_ids
+    if pick:  # a map that reads the wrong layer's part does not
+        swapped = [*maps[:-1], selecting(m.hidden_size, 3, pick - 1)]
+        swapped[-1].target_layer = pick
+        wrong = prepare(m, m, TEXT, SUFFIX, "full", swapped)
+        assert generate(m, [wrong.prompt], SamplingParams(max_new_tokens=8))[0].token_ids != native.token_ids
+    layer_map = maps[-1]
+    with pytest.raises(ValueError, match=r"map L0\+2->L1 is 384->128, but the models need 256->128"):
+        prepare(m, m, TEXT, SUFFIX, "replace", [LayerMap(2, 1, layer_map.aligner, (0,))])
+
+
 def test_target_grid_hands_over_one_state_per_target_token(tiny: dict[str, LoadedModel]) -> None:
     src, tgt = tiny["llama"], tiny["gemma3"]
     g = torch.Generator().manual_seed(0)

@@ -63,9 +63,27 @@ def test_translate_takes_the_pairs_default_at_any_layer() -> None:
 def test_named_layer_method_and_source_layer_narrow_the_choice() -> None:
     assert choose(STORE, "a", "b", NEEDS["replace"], N_SRC, N_TGT, layer=0) == (key(4, 0, "distill"), [])
     assert choose(STORE, "a", "b", NEEDS["embeds"], N_SRC, N_TGT, method="linear") == (key(6, 0, "linear"), [])
-    assert choose(STORE, "a", "b", NEEDS["replace"], N_SRC, N_TGT, method="linear", source_layer=6)[0] == key(
+    assert choose(STORE, "a", "b", NEEDS["replace"], N_SRC, N_TGT, method="linear", source_layers=(6,))[0] == key(
         6, 2, "linear"
     )
+
+
+def test_maps_from_concatenated_layers_are_their_own_maps() -> None:
+    concat = {**entry(2, 0, "linear", kl=0.05), "source_layers": [0, 2]}
+    plain = entry(2, 0, "linear", kl=0.4)
+    both = [concat, plain]
+    assert (
+        MapKey.from_entry(concat) == MapKey("a", "b", 2, 0, "linear", (0,)) == MapKey.of("a", "b", (0, 2), 0, "linear")
+    )
+    assert MapKey.from_entry(concat).relpath == "a__b/L0+2-L0/linear.safetensors"
+    assert MapKey.from_entry(plain).relpath == "a__b/L2-L0/linear.safetensors"
+    assert MapKey.from_entry(concat).as_dict()["source_layers"] == [0, 2]
+    assert "source_layers" not in MapKey.from_entry(plain).as_dict()  # single-layer records stay as they were
+    assert choose(both, "a", "b", NEEDS["embeds"], N_SRC, N_TGT)[0] == MapKey.from_entry(concat)  # best score
+    assert choose(both, "a", "b", NEEDS["embeds"], N_SRC, N_TGT, source_layers=(2,))[0] == MapKey.from_entry(plain)
+    # The pair's default names its source layers: the plain map's record does not name the concatenated one.
+    default = {"source_layer": 2, "target_layer": 0, "method": "linear"}
+    assert choose(both, "a", "b", NEEDS["embeds"], N_SRC, N_TGT, default=default)[0] == MapKey.from_entry(plain)
 
 
 def test_helper_maps_serve_embeds_only_when_nothing_else_does_and_never_replace() -> None:

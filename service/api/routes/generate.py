@@ -54,6 +54,7 @@ def _response(
             completion_tokens=len(completion.token_ids),
         ),
         source_layer=resolved.source_layer,
+        source_layers=resolved.source_layers,
         target_layer=resolved.target_layer,
         method=resolved.method,
         mode=resolved.mode,

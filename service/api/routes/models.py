@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from aligners.store import same_map
 from service.api.deps import Authorized, StateDep
 from service.api.schemas import MapInfo, ModelInfo, ModelsResponse, RefusedMap
 
@@ -29,12 +30,13 @@ def list_models(state: StateDep) -> ModelsResponse:
     maps = []
     for e in state.served:
         d = state.defaults.get(f"{e['source']}__{e['target']}", {})
-        is_default = bool(d) and all(d.get(k) == e[k] for k in ("source_layer", "target_layer", "method"))
+        is_default = same_map(d, e)
         maps.append(
             MapInfo(
                 source=e["source"],
                 target=e["target"],
                 source_layer=e["source_layer"],
+                source_layers=e.get("source_layers"),
                 target_layer=e["target_layer"],
                 method=e["method"],
                 metrics=e.get("metrics", {}),

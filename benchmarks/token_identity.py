@@ -1,13 +1,14 @@
 """How much token identity a least-squares map carries into the target's input embeddings, per source layer.
 
-For each source layer, a least-squares map (``linear``, ridge chosen on a held-out split) is fitted from the source's
-states to the target's input embeddings of the paired tokens (``calibrate.fit.gather``'s pairing) on N calibration
-passages. Each mapped state is then decoded to the nearest row of the target's embedding matrix (as the target reads
-it, scaled); top-1 is the share of paired tokens whose nearest row is the very token the target reads there. Measured
-on held-out items of the calibration source and on passages from other sources, side by side in one run. In `embeds`
-mode a map that gets the tokens wrong cannot hand over names and numbers, whatever else it carries.
+For each source layer (or several concatenated per token: ``0+2``), a least-squares map (``linear``, ridge chosen on
+a held-out split) is fitted from the source's states to the target's input embeddings of the paired tokens
+(``calibrate.fit.gather``'s pairing) on N calibration passages. Each mapped state is then decoded to the nearest row
+of the target's embedding matrix (as the target reads it, scaled); top-1 is the share of paired tokens whose nearest
+row is the very token the target reads there. Measured on held-out items of the calibration source and on passages
+from other sources, side by side in one run. In `embeds` mode a map that gets the tokens wrong cannot hand over
+names and numbers, whatever else it carries.
 
-    python benchmarks/token_identity.py --source smollm2 --target gemma3 --layers 0,2,4,8,12 --samples 300 \\
+    python benchmarks/token_identity.py --source smollm2 --target gemma3 --layers 0,2,4,8,12,0+2 --samples 300 \\
         --data builtin:fictional-qa,builtin:python-docs --other builtin:letters-qa --other builtin:stdlib-docs
 
 Prints a Markdown table. With ``--grid-qa SPEC``, it first checks that the source's token grid itself costs nothing:
@@ -26,7 +27,7 @@ import torch
 from aligners import build
 from calibrate.data import read_items, split_items
 from calibrate.fit import Side, gather
-from calibrate.layers import parse_layers
+from calibrate.layers import parse_layer_groups
 from service.runtime.encode import encode
 from service.runtime.loading import LoadedModel, load_model
 
@@ -84,7 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default="smollm2")
     parser.add_argument("--target", default="gemma3")
-    parser.add_argument("--layers", default="0,2,4,8,12", help="source layers")
+    parser.add_argument("--layers", default="0,2,4,8,12", help="source layers; A+B concatenates two")
     parser.add_argument("--data", default="builtin:fictional-qa,builtin:python-docs", help="calibration data")
     parser.add_argument("--samples", type=int, default=300, help="calibration passages")
     parser.add_argument("--other", action="append", default=[], help="another source to measure on (repeatable)")
@@ -92,7 +93,8 @@ def main() -> None:
     parser.add_argument("--grid-qa", help="QA source for the token-grid check (e.g. builtin:letters-qa)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    layers = parse_layers(args.layers)
+    groups = parse_layer_groups(args.layers)
+    layers = sorted({layer for group in groups for layer in group})
     src_model, tgt_model = load_model(args.source, name=args.source), load_model(args.target, name=args.target)
     if args.grid_qa:
         native, grid, single = grid_qa(src_model, tgt_model, args.grid_qa, args.held)
@@ -115,14 +117,14 @@ def main() -> None:
     print("| source layer | pairs fitted | " + " | ".join(f"top-1: {n}" for n in sets) + " |")
     print("|---:|---:|" + "---:|" * len(sets))
     all_passages = list(range(len(fit_texts)))
-    for layer in layers:
-        x, y = gather(fit_src, fit_tgt, all_passages, layer, 0)
+    for group in groups:
+        x, y = gather(fit_src, fit_tgt, all_passages, group, 0)
         aligner = build("linear", seed=0).fit(x, y)
         cells = []
         for s, t in evals.values():
-            xe, _ = gather(s, t, list(range(len(s.encoded))), layer, 0)
+            xe, _ = gather(s, t, list(range(len(s.encoded))), group, 0)
             cells.append(f"{top1(aligner.transform(xe), paired_ids(s, t), table):.3f}")
-        print(f"| {layer} | {len(x)} | " + " | ".join(cells) + " |", flush=True)
+        print(f"| {'+'.join(map(str, group))} | {len(x)} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

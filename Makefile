@@ -35,29 +35,33 @@ models: $(VENV)/.models
 ## The bundled default maps (service/default_maps/), as shipped: smollm2 -> gemma3 fitted three times on 1000 varied
 ## passages, each run ranking its maps by Gemma 3's proxy KL on its own held-out probes and training the best start
 ## per way of entering the target through it (2 CPU cores): blocks 2, 4, 8 into layers 0 and 4 with the per-layer
-## maps (`full` serves least squares block 2 -> layer 4 from it; about 45 min); blocks 4 and 8 into layer 4 with 400
-## passages the models write themselves added (`replace`, `last_token`; about 30 min); block 2 into the embeddings
-## with the same text, trained until early stopping, 36 min at most (`embeds`; about 40 min); these three with one
-## Adam step size (`--lr 2e-4`). gemma3 -> smollm2: blocks 2 and 4 into layers 0 and 4 with the per-layer maps and
-## the sampled text, ranked by SmolLM2's proxy KL, the best start per way of entering trained 10 min each with
-## `--lr auto` (every mode of that direction; about 25 min). Each mode's maps are exported from the run that serves
-## it (`export --modes`; proxy KLs of different runs are on different held-out probes, so they are not compared);
-## the manifest keeps the last run's calibration record (each map's own metadata names its data). WORK keeps the
-## full stores.
+## maps (`full` serves least squares block 2 -> layer 4 from it; about 45 min); block 4, alone and beside SmolLM2's
+## embeddings (0+4), into layer 4 with 400 passages the models write themselves added (`replace`, `last_token`; about
+## 25 min); block 2, alone and beside the embeddings (0+2), into the embeddings with the same text (`embeds`; about
+## 25 min); these three with one Adam step size (`--lr 2e-4`). gemma3 -> smollm2: blocks 2 and 4 into layers 0 and 4
+## with the per-layer maps and the sampled text, ranked by SmolLM2's proxy KL, the best start per way of entering
+## trained 10 min each with `--lr auto` (`replace`, `last_token`, `full`; about 25 min); block 2, alone and beside
+## Gemma 3's embeddings, into the embeddings, 10 min (`embeds`; about 20 min). Each mode's maps are exported from the
+## run that serves it (`export --modes`; proxy KLs of different runs are on different held-out probes, so they are
+## not compared); the manifest keeps the last run's calibration record (each map's own metadata names its data).
+## WORK keeps the full stores.
 WORK ?= /tmp/interlingua-default-maps
 FIT := $(PY) -m calibrate fit --data builtin:fictional-qa,builtin:python-docs --samples 1000 --directions forward
 S2G := $(FIT) --source smollm2 --target gemma3 --train-batch 2 --proxy-probes 24 --lr 2e-4
 default-maps: models
 	$(S2G) --layers 2,4,8 --target-layers 0,4 --full --sampled 0 --methods linear,distill --train-minutes 12 \
 		--out $(WORK)/s2g-low
-	$(S2G) --layers 4,8 --target-layers 4 --sampled 400 --methods linear,distill --train-minutes 18 \
+	$(S2G) --layers 4,0+4 --target-layers 4 --sampled 400 --methods linear,distill --train-minutes 18 \
 		--out $(WORK)/s2g-replace
-	$(S2G) --layers 2 --target-layers 0 --sampled 400 --methods linear,distill --train-minutes 36 \
+	$(S2G) --layers 2,0+2 --target-layers 0 --sampled 400 --methods linear,distill --train-minutes 18 \
 		--out $(WORK)/s2g-embeds
 	$(FIT) --source gemma3 --target smollm2 --layers 2,4 --target-layers 0,4 --full --sampled 400 \
 		--methods linear,affine,distill --train-minutes 10 --out $(WORK)/g2s
+	$(FIT) --source gemma3 --target smollm2 --layers 2,0+2 --target-layers 0 --sampled 400 \
+		--methods linear,distill --train-minutes 10 --out $(WORK)/g2s-embeds
 	rm -rf service/default_maps
-	$(PY) -m calibrate export --maps $(WORK)/g2s --out service/default_maps
+	$(PY) -m calibrate export --maps $(WORK)/g2s --modes replace,last_token,full --out service/default_maps
+	$(PY) -m calibrate export --maps $(WORK)/g2s-embeds --modes embeds --out service/default_maps
 	$(PY) -m calibrate export --maps $(WORK)/s2g-low --modes full --out service/default_maps
 	$(PY) -m calibrate export --maps $(WORK)/s2g-replace --modes replace,last_token --out service/default_maps
 	$(PY) -m calibrate export --maps $(WORK)/s2g-embeds --modes embeds --out service/default_maps

@@ -360,15 +360,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--layers",
-        default="2,4",
-        help="source layers, e.g. 8-16 or 2,4,8; A+B fits one map from layers A and B concatenated per token, e.g. "
-        "2,0+2 (default 2,4: low layers carry what A read to text of other sources best)",
+        default="2,4,0+2,0+4",
+        help="source layers, e.g. 8-16 or 2,4,8; A+B fits one map from layers A and B concatenated per token "
+        "(default 2,4,0+2,0+4: blocks 2 and 4, alone and each beside the source's embeddings; low blocks carry what "
+        "A read to text of other sources best, the embeddings each token's identity; the proxy KL picks what to train)",
     )
     fit.add_argument(
         "--target-layers",
         default=None,
         help="target layers; every pair with --layers is fitted (default: for each source layer, 0 (the input "
-        "embeddings: `embeds`) and the layer at the same relative depth)",
+        "embeddings: `embeds`) and the layer at the same relative depth; for A+B, at the depth of the deeper one)",
     )
     fit.add_argument(
         "--methods",

@@ -293,5 +293,4 @@ class ServiceState:
         keys = [key, *below]
         maps = [LayerMap(k.source_layer, k.target_layer, self._aligner(k), k.extra_layers) for k in keys]
         paths = [self._paths[k] for k in keys]
-        concat = list(key.source_layers) if key.extra_layers else None
-        return Resolved(mode, maps, key.source_layer, key.target_layer, key.method, paths, concat)
+        return Resolved(mode, maps, key.source_layer, key.target_layer, key.method, paths, maps[0].concatenated)

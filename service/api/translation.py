@@ -65,7 +65,7 @@ def response(
         source=req.source,
         target=req.target,
         source_layer=maps[0].source_layer,
-        source_layers=list(maps[0].source_layers) if maps[0].extra_layers else None,
+        source_layers=maps[0].concatenated,
         target_layer=maps[0].target_layer,
         method=method or "",
         tokens=src.tokens,

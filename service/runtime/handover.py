@@ -49,6 +49,11 @@ class LayerMap:
         return (*self.extra_layers, self.source_layer)
 
     @property
+    def concatenated(self) -> list[int] | None:
+        """The source layers where the map reads several concatenated (as responses report them); None for one."""
+        return list(self.source_layers) if self.extra_layers else None
+
+    @property
     def label(self) -> str:
         return f"L{layers_name(self.source_layers)}->L{self.target_layer}"
 

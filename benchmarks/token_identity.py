@@ -11,6 +11,8 @@ names and numbers, whatever else it carries.
     python benchmarks/token_identity.py --source smollm2 --target gemma3 --layers 0,2,4,8,12,0+2 --samples 300 \\
         --data builtin:fictional-qa,builtin:python-docs --other builtin:letters-qa --other builtin:stdlib-docs
 
+``--vocab N`` adds N passages of vocabulary words (``calibrate.vocab``, as ``fit --vocab``) to the fitted text.
+
 Prints a Markdown table. With ``--grid-qa SPEC``, it first checks that the source's token grid itself costs nothing:
 the target answers SPEC's questions reading the passages natively and reading them cut as the source cuts them (each
 source token's text re-tokenised by the target, so the target sees one or more of its own tokens per source token).
@@ -25,7 +27,7 @@ import time
 import torch
 
 from aligners import build
-from calibrate.data import read_items, split_items
+from calibrate.data import read_items, shares, split_items
 from calibrate.fit import Side, gather
 from calibrate.layers import parse_layer_groups
 from service.runtime.encode import encode
@@ -89,6 +91,7 @@ def main() -> None:
     parser.add_argument("--data", default="builtin:fictional-qa,builtin:python-docs", help="calibration data")
     parser.add_argument("--samples", type=int, default=300, help="calibration passages")
     parser.add_argument("--other", action="append", default=[], help="another source to measure on (repeatable)")
+    parser.add_argument("--vocab", type=int, default=0, help="also fit on N vocabulary passages (half per model)")
     parser.add_argument("--held", type=int, default=40, help="passages per evaluation set")
     parser.add_argument("--grid-qa", help="QA source for the token-grid check (e.g. builtin:letters-qa)")
     args = parser.parse_args()
@@ -109,11 +112,17 @@ def main() -> None:
         sets[spec] = [it.context for it in read_items(spec, seed=0, builtin_size=2000)][: args.held]
     start = time.perf_counter()
     fit_texts = [it.context for it in calib]
+    if args.vocab:
+        from calibrate.vocab import vocabulary_passages
+
+        for model, share in zip((src_model, tgt_model), shares(args.vocab, 2), strict=True):
+            fit_texts += [it.context for it in vocabulary_passages(model, share, seed=0)]
     fit_src, fit_tgt = side(src_model, fit_texts, layers), side(tgt_model, fit_texts, [0])
     evals = {name: (side(src_model, t, layers), side(tgt_model, t, [0])) for name, t in sets.items()}
     table = tgt_model.stack.embed(torch.arange(tgt_model.stack.embed_tokens.weight.shape[0])[None])[0].float()
     print(f"encoded in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    print(f"{args.source} -> {args.target} input embeddings, {len(fit_texts)} calibration passages ({args.data})\n")
+    extra = f" + {args.vocab} vocabulary passages" if args.vocab else ""
+    print(f"{args.source} -> {args.target} input embeddings, {len(fit_texts)} passages ({args.data}{extra})\n")
     print("| source layer | pairs fitted | " + " | ".join(f"top-1: {n}" for n in sets) + " |")
     print("|---:|---:|" + "---:|" * len(sets))
     all_passages = list(range(len(fit_texts)))

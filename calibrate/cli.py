@@ -23,7 +23,7 @@ from aligners import MapFileError, read_header
 from aligners import load as load_map
 from aligners.resolve import choose
 from aligners.store import MapKey, MapNotFoundError, MapStore, same_map
-from calibrate.data import DataError, Item, read_items, split_items
+from calibrate.data import DataError, Item, read_items, shares, split_items
 from calibrate.distill import Through, TrainConfig
 from calibrate.fictional import BUILTINS
 from calibrate.fit import METHODS, TRAINED, Group, Side, layer_pairs, split_passages, sweep
@@ -94,7 +94,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         needed[s].update(x for ls, _ in pairs for x in ls)
         needed[t].update(lt for _, lt in pairs)
     if args.sampled:  # after every check of the arguments: sampling takes a while
-        calib = calib + _sampled(list(models.values()), args, timings)
+        calib = calib + _from_models(list(models.values()), args.sampled, "sampled", args, timings)
+    if args.vocab:
+        calib = calib + _from_models(list(models.values()), args.vocab, "vocabulary", args, timings)
     calib = _within_positions(calib, list(models.values()), margin=args.probe_tokens + 16)
 
     texts = [it.context for it in calib]
@@ -108,6 +110,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     metadata = {
         "data": args.data,
         "sampled": args.sampled,
+        "vocab": args.vocab,
         "seed": args.seed,
         "n_passages": len(calib),
         "format": "interlingua.map",
@@ -139,6 +142,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     manifest["calibration"] = {
         "data": args.data,
         "sampled": args.sampled,
+        "vocab": args.vocab,
         "seed": args.seed,
         "samples": args.samples,
         "eval_samples": args.eval_samples,
@@ -163,18 +167,24 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sampled(models: list[LoadedModel], args: argparse.Namespace, timings: dict[str, float]) -> list[Item]:
-    """``args.sampled`` passages written by the models (``calibrate.sampled``), split between them."""
+def _from_models(
+    models: list[LoadedModel], n: int, kind: str, args: argparse.Namespace, timings: dict[str, float]
+) -> list[Item]:
+    """``n`` passages the models make themselves, split between them: ``sampled`` (written by each model,
+    ``calibrate.sampled``) or ``vocabulary`` (words of each model's vocabulary, ``calibrate.vocab``)."""
     from calibrate.sampled import sample_passages
+    from calibrate.vocab import vocabulary_passages
 
     start = time.perf_counter()
     out: list[Item] = []
-    for k, model in enumerate(models):
-        n = args.sampled // len(models) + (k < args.sampled % len(models))
-        kept = sample_passages(model, n, args.seed, Path(args.cache))
-        print(f"{model.name}: {len(kept)} of {n} sampled passages kept (long enough)", file=sys.stderr)
+    for model, share in zip(models, shares(n, len(models)), strict=True):
+        if kind == "sampled":
+            kept = sample_passages(model, share, args.seed, Path(args.cache))
+        else:
+            kept = vocabulary_passages(model, share, args.seed)
+        print(f"{model.name}: {len(kept)} of {share} {kind} passages kept", file=sys.stderr)
         out.extend(kept)
-    timings["sample passages"] = time.perf_counter() - start
+    timings[f"{kind} passages"] = time.perf_counter() - start
     return out
 
 
@@ -356,6 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
         "any pair can make them offline; 0 = none); added to --data's passages (default 400)",
     )
     fit.add_argument(
+        "--vocab",
+        type=int,
+        default=0,
+        help="also calibrate on this many passages of vocabulary words (half from each model's tokenizer, 100 words "
+        "each in a seeded order: tokens the other text never shows; 0 = none; default 0)",
+    )
+    fit.add_argument(
         "--eval-samples", type=int, default=200, help="QA items held out from calibration for `eval` (default 200)"
     )
     fit.add_argument(
@@ -528,8 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if getattr(args, name, 1) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if getattr(args, "sampled", 0) < 0:
-        parser.error("--sampled must be >= 0")
+    for name in ("sampled", "vocab"):
+        if getattr(args, name, 0) < 0:
+            parser.error(f"--{name} must be >= 0")
     try:
         return int(args.func(args))
     except (DataError, ModelSpecError, MapFileError, ValueError, LookupError) as err:

@@ -190,3 +190,8 @@ def split_items(items: list[Item], n_calib: int, n_eval: int, seed: int = 0) -> 
         else:
             calib.append(group[0])  # calibration reads contexts: one item per context
     return calib[:n_calib], held[:n_eval]
+
+
+def shares(n: int, parts: int) -> list[int]:
+    """``n`` split into ``parts`` counts as even as can be, the first ones one larger (passages made per model)."""
+    return [n // parts + (k < n % parts) for k in range(parts)]

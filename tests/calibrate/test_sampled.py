@@ -1,4 +1,5 @@
-"""Calibration text the models write themselves: trimmed like the other prose sources, seeded, cached."""
+"""Calibration text the models make themselves (samples they write, words of their vocabularies): trimmed like the
+other prose sources, seeded, cached, and used by `fit`."""
 
 from __future__ import annotations
 
@@ -37,19 +38,23 @@ def test_samples_are_seeded_and_cached(tiny: dict[str, LoadedModel], tmp_path: P
 
 
 @pytest.mark.slow
-def test_fit_calibrates_on_sampled_text_too(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("option", ["sampled", "vocab"])
+def test_fit_calibrates_on_text_the_models_make_too(tiny_dirs: dict[str, Path], tmp_path: Path, option: str) -> None:
     common = ["fit", "--source", str(tiny_dirs["llama"]), "--target", str(tiny_dirs["gemma3"]), "--samples", "12"]
     common += ["--eval-samples", "4", "--layers", "1", "--target-layers", "1", "--methods", "affine"]
-    common += ["--directions", "forward", "--cache", str(tmp_path / "cache")]
-    assert main([*common, "--sampled", "0", "--out", str(tmp_path / "plain")]) == 0
-    assert main([*common, "--sampled", "4", "--out", str(tmp_path / "mixed")]) == 0
+    common += ["--directions", "forward", "--cache", str(tmp_path / "cache"), "--sampled", "0"]
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*common, f"--{option}", "4", "--out", str(tmp_path / "mixed")]) == 0
     plain = json.loads((tmp_path / "plain" / "manifest.json").read_text())["calibration"]
     mixed = json.loads((tmp_path / "mixed" / "manifest.json").read_text())["calibration"]
-    assert plain["sampled"] == 0 and mixed["sampled"] == 4
-    assert mixed["n_passages"] > plain["n_passages"]
+    assert plain[option] == 0 and mixed[option] == 4
+    grown = mixed["n_passages"] - plain["n_passages"]
+    # Sampled passages too short to keep are dropped; vocabulary passages are all kept (2 from each model).
+    assert 0 < grown <= 4 and (option == "sampled" or grown == 4)
 
 
-def test_negative_sampled_count_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("option", ["sampled", "vocab"])
+def test_negative_counts_are_refused(capsys: pytest.CaptureFixture[str], option: str) -> None:
     with pytest.raises(SystemExit):
-        main(["fit", "--source", "smollm2", "--target", "gemma3", "--sampled", "-1"])
-    assert "--sampled must be >= 0" in capsys.readouterr().err
+        main(["fit", "--source", "smollm2", "--target", "gemma3", f"--{option}", "-1"])
+    assert f"--{option} must be >= 0" in capsys.readouterr().err

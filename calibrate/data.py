@@ -28,6 +28,7 @@ class Item:
     answers: list[str] = field(default_factory=list)
     answer_starts: list[int] = field(default_factory=list)
     title: str = ""
+    probe_kinds: tuple[str, ...] | None = None  # the probe kinds this passage allows (None: every kind that applies)
 
     @property
     def has_qa(self) -> bool:

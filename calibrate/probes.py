@@ -77,6 +77,12 @@ def native_answers(
     return cached_json(cache, "answers", target.fingerprint, key, answer)
 
 
+def _applies(item: Item, kind: str) -> bool:
+    """Whether a probe of ``kind`` can be made for ``item``: ``qa`` needs a question, and a passage may allow only
+    some kinds (``Item.probe_kinds``)."""
+    return (kind != "qa" or item.has_qa) and (item.probe_kinds is None or kind in item.probe_kinds)
+
+
 def make_probes(
     target: LoadedModel,
     items: list[Item],
@@ -98,7 +104,7 @@ def make_probes(
     rng = random.Random(seed)
     drawn = {i: rng.sample(kinds, len(kinds)) for i in range(len(items))}  # each passage's kinds in a seeded order
     applicable = {
-        i: [k for k in drawn[i] if k != "qa" or it.has_qa][: per_passage or len(kinds)] for i, it in enumerate(items)
+        i: [k for k in drawn[i] if _applies(it, k)][: per_passage or len(kinds)] for i, it in enumerate(items)
     }
     qa_items = [i for i in range(len(items)) if "qa" in applicable[i]]
     native = native_answers(target, [items[i] for i in qa_items], batch_size=batch_size, cache=cache)

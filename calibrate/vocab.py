@@ -4,8 +4,9 @@ A map must name every token right to hand over names and numbers; text from one 
 tokens that text from another source brings (on the real pair, 43% of the source tokens of a held-out letters set
 never occur in 300 calibration passages). A vocabulary passage is ``WORDS`` of a model's own tokens, each decoded
 alone and stripped, joined by spaces, in a seeded random order: the two tokenizers read the same characters, so the
-pairing by character offsets pairs them like any other text, and the "repeat the text above" probes teach the map
-to copy tokens it would otherwise never see.
+pairing by character offsets pairs them like any other text. Their only probe is "repeat the text above"
+(``probe_kinds``): it teaches the map to hand over tokens the target can copy back, while the continuation of a
+random word list is noise to match.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def vocabulary_passages(model: LoadedModel, n: int, seed: int = 0, words: int = 
             id=f"vocabulary-{model.name}-{k}",
             context=" ".join(pool[k * words : (k + 1) * words]),
             title=f"vocabulary:{model.name}",
+            probe_kinds=("repeat",),
         )
         for k in range(min(n, len(pool) // words))
     ]

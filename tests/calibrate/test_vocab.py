@@ -40,3 +40,15 @@ def test_bad_counts_are_refused(tiny: dict[str, LoadedModel]) -> None:
         vocabulary_passages(tiny["llama"], -1)
     with pytest.raises(ValueError, match="at least one word"):
         vocabulary_passages(tiny["llama"], 1, words=0)
+
+
+def test_vocabulary_passages_are_probed_by_repeating_them_only(tiny: dict[str, LoadedModel]) -> None:
+    from calibrate.data import Item
+    from calibrate.probes import make_probes
+
+    model = tiny["llama"]
+    words = vocabulary_passages(model, 4, seed=0, words=30)
+    prose = Item(id="prose", context="The mill stood by the river. It ground corn for the whole valley in autumn.")
+    probes = make_probes(model, [*words, prose], ["continuation", "repeat"], max_tokens=8)
+    kinds = {(p.passage, p.kind) for p in probes}
+    assert kinds == {(i, "repeat") for i in range(len(words))} | {(4, "continuation"), (4, "repeat")}

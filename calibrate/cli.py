@@ -370,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="also calibrate on this many passages of vocabulary words (half from each model's tokenizer, 100 words "
-        "each in a seeded order: tokens the other text never shows; 0 = none; default 0)",
+        "each in a seeded order, probed only by repeating them: tokens the other text never shows; measured on the "
+        "real pair, no gain; 0 = none; default 0)",
     )
     fit.add_argument(
         "--eval-samples", type=int, default=200, help="QA items held out from calibration for `eval` (default 200)"

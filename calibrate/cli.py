@@ -228,6 +228,7 @@ def _through(target: LoadedModel, calib: list[Item], args: argparse.Namespace, t
         batch_size=args.train_batch,
         max_epochs=args.train_epochs,
         max_minutes=args.train_minutes,
+        anchor=args.anchor,
         heldout_probes=max(1, args.proxy_probes),
         seed=args.seed,
     )
@@ -446,6 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="wall-clock budget per trained map (default 12: two maps per direction keep a fit of the real pair near "
         "45 minutes on 2 CPU cores; longer keeps improving them, see docs/results)",
     )
+    train.add_argument(
+        "--anchor",
+        type=float,
+        default=0.0,
+        help="weight of ‖W − W₀‖² / ‖W₀‖² in the training loss, W₀ the map's least-squares start: keeps the trained "
+        "map near it (default 0: none)",
+    )
     model_options(fit)
     fit.set_defaults(func=cmd_fit)
 
@@ -546,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if getattr(args, name, 1) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    for name in ("sampled", "vocab"):
+    for name in ("sampled", "vocab", "anchor"):
         if getattr(args, name, 0) < 0:
             parser.error(f"--{name} must be >= 0")
     try:

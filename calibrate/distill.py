@@ -104,6 +104,8 @@ class TrainConfig:
             raise ValueError("lr, lr_rel, max_epochs and max_minutes must be > 0 and batch_size >= 1")
         if self.eval_every < 1 or self.patience < 1 or self.top_k < 1 or self.heldout_probes < 1:
             raise ValueError("eval_every, patience, top_k and heldout_probes must be >= 1")
+        if self.anchor < 0 or self.hidden_weight < 0:
+            raise ValueError("anchor and hidden_weight must be >= 0")
 
 
 @dataclass

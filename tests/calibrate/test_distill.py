@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,14 @@ def test_bad_parameters_are_refused() -> None:
         build("distill", hidden=-1)
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="anchor"):
+        TrainConfig(anchor=-1.0)
+
+
+def test_cli_refuses_a_negative_anchor_before_loading_models(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--source", "no-such-model", "--target", "no-such-model", "--anchor", "-0.5"])
+    assert "--anchor must be >= 0" in capsys.readouterr().err
 
 
 def test_topk_kl_is_zero_for_equal_distributions_and_positive_otherwise() -> None:
@@ -151,6 +160,20 @@ def test_auto_step_sizes_train_through_the_target_with_several_probes_per_passag
     report = through.train(aligner, encoded, 2, 0)
     assert report["steps"] > 0 and report["heldout_kl"] < report["curve"][0]["heldout_kl"]
     assert through.score(aligner, encoded, 2, 0) == pytest.approx(report["heldout_kl"], rel=1e-4)  # saved unscaled
+
+
+def test_anchor_keeps_the_trained_map_nearer_its_least_squares_start(tiny_setup: tuple) -> None:
+    _, _, encoded, through, init = tiny_setup
+    moved = {}
+    for anchor in (0.0, 100.0):
+        aligner = Distill(lam=1.0)
+        aligner.set_state(dict(init.tensors or {}), init.d_src, init.d_tgt)
+        report = replace(through, config=replace(through.config, anchor=anchor)).train(aligner, encoded, 2, 0)
+        assert report["steps"] > 0
+        start, trained = init.module().weight, aligner.module().weight
+        moved[anchor] = float((trained - start).norm() / start.norm())
+    assert moved[0.0] > 0.0
+    assert moved[100.0] < moved[0.0] / 2
 
 
 def test_planted_rotation_is_recovered_from_a_distorted_start() -> None:

@@ -444,8 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--train-minutes",
         type=float,
         default=12.0,
-        help="wall-clock budget per trained map (default 12: two maps per direction keep a fit of the real pair near "
-        "45 minutes on 2 CPU cores; longer keeps improving them, see docs/results)",
+        help="wall-clock budget per trained map (default 12: with two maps per direction a default fit of the "
+        "real pair took 66 minutes on 2 CPU cores, 32 of them sampling text once; longer can improve them, see "
+        "docs/results)",
     )
     train.add_argument(
         "--anchor",

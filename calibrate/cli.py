@@ -453,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="weight of ‖W − W₀‖² / ‖W₀‖² in the training loss, W₀ the map's least-squares start: keeps the trained "
-        "map near it (default 0: none)",
+        "map near it; with --lr auto W is the preconditioned weight, a different norm than with a fixed --lr "
+        "(default 0: none)",
     )
     model_options(fit)
     fit.set_defaults(func=cmd_fit)

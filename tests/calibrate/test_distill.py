@@ -111,6 +111,13 @@ def tiny_setup(tiny: dict[str, LoadedModel]) -> tuple[LoadedModel, LoadedModel, 
     return source, target, encoded, through, init
 
 
+def _copy_of(init: Distill) -> Distill:
+    """A fresh map holding ``init``'s least-squares start, for a test to train without touching the fixture's."""
+    aligner = Distill(lam=1.0)
+    aligner.set_state(dict(init.tensors or {}), init.d_src, init.d_tgt)
+    return aligner
+
+
 def test_one_training_step_lowers_the_loss(tiny_setup: tuple) -> None:
     _, target, encoded, through, init = tiny_setup
     module = init.module().to(target.stack.device)
@@ -130,8 +137,7 @@ def test_training_leaves_the_target_bit_identical_and_is_seeded(tiny_setup: tupl
     flags = {k: p.requires_grad for k, p in target.model.named_parameters()}
     runs = []
     for _ in range(2):
-        aligner = Distill(lam=1.0)
-        aligner.set_state(dict(init.tensors or {}), init.d_src, init.d_tgt)
+        aligner = _copy_of(init)
         report = through.train(aligner, encoded, 2, 1)
         runs.append((aligner.tensors, report))
     for k, v in target.model.state_dict().items():
@@ -155,8 +161,7 @@ def test_auto_step_sizes_train_through_the_target_with_several_probes_per_passag
     assert len(probes) > len(items)  # probe indices run past the passages' (the scale sample takes passages)
     cfg = TrainConfig(batch_size=4, eval_every=10, heldout_probes=12, max_epochs=1.0)  # lr=None: auto
     through = Through.build(target, [it.context for it in items], probes, set(range(32, 40)), cfg, None)
-    aligner = Distill(lam=1.0)
-    aligner.set_state(dict(init.tensors or {}), init.d_src, init.d_tgt)
+    aligner = _copy_of(init)
     report = through.train(aligner, encoded, 2, 0)
     assert report["steps"] > 0 and report["heldout_kl"] < report["curve"][0]["heldout_kl"]
     assert through.score(aligner, encoded, 2, 0) == pytest.approx(report["heldout_kl"], rel=1e-4)  # saved unscaled
@@ -166,8 +171,7 @@ def test_anchor_keeps_the_trained_map_nearer_its_least_squares_start(tiny_setup:
     _, _, encoded, through, init = tiny_setup
     moved = {}
     for anchor in (0.0, 100.0):
-        aligner = Distill(lam=1.0)
-        aligner.set_state(dict(init.tensors or {}), init.d_src, init.d_tgt)
+        aligner = _copy_of(init)
         report = replace(through, config=replace(through.config, anchor=anchor)).train(aligner, encoded, 2, 0)
         assert report["steps"] > 0
         start, trained = init.module().weight, aligner.module().weight

@@ -7,7 +7,7 @@ import torch
 
 from aligners import build
 from aligners.store import matching_layer
-from service.runtime.generate import SamplingParams, check_prompt, generate, stream_batch
+from service.runtime.generate import SamplingParams, check_prompt, generate, nucleus, stream_batch
 from service.runtime.handover import LayerMap, prepare
 from service.runtime.loading import LoadedModel, fingerprint, load_model
 from service.runtime.pairing import grid_indices
@@ -35,6 +35,19 @@ def test_tiny_top_p_is_greedy(tiny: dict[str, LoadedModel]) -> None:
     greedy = generate(m, [p], SamplingParams(max_new_tokens=8))[0]
     nucleus = generate(m, [p], SamplingParams(max_new_tokens=8, temperature=1.0, top_p=1e-6, seed=3))[0]
     assert nucleus.token_ids == greedy.token_ids
+
+
+@pytest.mark.parametrize("sharpness", [0.5, 3.0, 10.0])
+@pytest.mark.parametrize("top_p", [0.01, 0.5, 0.95, 0.999])
+def test_nucleus_keeps_what_a_full_sort_keeps(sharpness: float, top_p: float) -> None:
+    gen = torch.Generator().manual_seed(int(sharpness * 100 + top_p * 1000))
+    probs = torch.softmax(sharpness * torch.randn(3000, generator=gen), dim=-1)
+    sorted_probs, order = torch.sort(probs, descending=True)  # the textbook rule, over the whole vocabulary
+    keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p
+    expected = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    got = nucleus(probs, top_p, first=40)  # a small first window: the flatter cases must look past it
+    assert torch.equal(got > 0, expected > 0)
+    torch.testing.assert_close(got, expected)
 
 
 def test_stop_string_truncates_and_streams_the_same_text(tiny: dict[str, LoadedModel]) -> None:

@@ -35,6 +35,7 @@ from service.runtime.modes import HANDOVER_MODES, get_mode, parse_handover_modes
 # What the measurements favour (docs/results/translation-quality.md): trained maps beat least squares in every mode;
 # affine least squares is level with linear everywhere measured, so only linear (the trained map's start) is fitted.
 DEFAULT_METHODS = ("linear", "distill")
+DEFAULT_PROBES = ("continuation", "repeat", "qa")
 DEFAULT_DATA = "builtin:fictional-qa,builtin:python-docs"  # QA passages and real prose: varied text
 
 
@@ -403,9 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--probes",
-        default=",".join(PROBE_KINDS),
+        default=",".join(DEFAULT_PROBES),
         help="what the target reads after a handed-over passage, from "
-        f"{', '.join(PROBE_KINDS)} (default all; qa only where items have questions)",
+        f"{', '.join(PROBE_KINDS)} (default {','.join(DEFAULT_PROBES)}; qa only where items have questions; cloze "
+        "asks which word fills a blank in a quote of any passage)",
     )
     train.add_argument("--probe-tokens", type=int, default=32, help="tokens per probe (default 32)")
     train.add_argument(

@@ -5,7 +5,9 @@ For each calibration passage, the target reads one of:
   target reads the rest (any plain text works);
 - ``repeat``: the whole passage is handed over, then "Repeat the text above." and the passage itself;
 - ``qa``: for items with a question, the whole passage is handed over, then the QA prompt and the target's *own*
-  native answer (greedy, from reading the passage itself), so no gold label is needed.
+  native answer (greedy, from reading the passage itself), so no gold label is needed;
+- ``cloze``: any plain text: the whole passage is handed over, then the QA prompt asks which word fills a blank in a
+  few words quoted from the passage, and the answer is that word: a question about the text, on text of any source.
 The teacher is the target reading the handed-over part natively; the probe's tokens are where its next-token
 distributions are compared.
 """
@@ -24,8 +26,10 @@ from service.runtime.generate import SamplingParams, generate
 from service.runtime.loading import LoadedModel
 from service.runtime.prompt import Prompt
 
-PROBE_KINDS = ("continuation", "repeat", "qa")
+PROBE_KINDS = ("continuation", "repeat", "qa", "cloze")
 REPEAT_PROMPT = "\n\nRepeat the text above.\n"
+BLANK = "___"
+_WORD = re.compile(r"[A-Za-z0-9][\w'-]*[A-Za-z0-9]|[A-Za-z0-9]")
 
 
 def qa_suffix(question: str) -> str:
@@ -49,6 +53,41 @@ def sentence_cut(text: str) -> int | None:
     if not ends:
         return None
     return min(ends, key=lambda e: abs(e - len(text) / 2))
+
+
+def cloze(text: str, rng: random.Random, before: int = 4, after: int = 3) -> tuple[str, str] | None:
+    """A question about ``text`` with a known answer: (question, word). The word is drawn from the names and numbers
+    inside sentences (capitalised, not first in their sentence, or with a digit), else from the words of six
+    letters or more; the question quotes the ``before`` words ahead of it and ``after`` behind it with the word
+    blanked. None when the text has no such word."""
+    words = list(_WORD.finditer(text))
+
+    def opens_sentence(k: int) -> bool:
+        return k == 0 or bool(re.search(r"[.!?:;\n]\W*$", text[words[k - 1].end() : words[k].start()]))
+
+    def named(k: int) -> bool:
+        word = words[k].group()
+        return any(c.isdigit() for c in word) or (word[0].isupper() and len(word) > 1 and not opens_sentence(k))
+
+    pool = [k for k in range(len(words)) if named(k)] or [k for k, w in enumerate(words) if len(w.group()) >= 6]
+    if not pool:
+        return None
+    k = rng.choice(pool)
+    lo, hi = words[max(0, k - before)].start(), words[min(len(words) - 1, k + after)].end()
+    quote = " ".join((text[lo : words[k].start()] + BLANK + text[words[k].end() : hi]).split())
+    return f'Which word goes in the blank: "{quote}"?', words[k].group()
+
+
+def _cloze_text(target: LoadedModel, text: str, seed: str, max_tokens: int = 32) -> list[str]:
+    """The cloze probe of ``text`` (none or one), its quote shortened until the answer fits in ``max_tokens``."""
+    for before, after in ((4, 3), (3, 2), (2, 1), (1, 0)):
+        made = cloze(text, random.Random(seed), before, after)
+        if made is None:
+            return []
+        probe = qa_suffix(made[0]) + " " + made[1]
+        if len(target.tokenize(probe)[0]) <= max_tokens:
+            break
+    return [probe]
 
 
 def native_answers(
@@ -119,6 +158,9 @@ def make_probes(
             texts.append((len(it.context), "repeat", REPEAT_PROMPT + it.context))
         if i in answers:
             texts.append((len(it.context), "qa", qa_suffix(it.question) + " " + answers[i].strip()))
+        if "cloze" in applicable[i]:
+            made = _cloze_text(target, it.context, f"{seed}-{i}", max_tokens)
+            texts.extend((len(it.context), "cloze", text) for text in made)
         for cut_at, kind, text in texts:
             ids = target.tokenize(text)[0][:max_tokens]
             if ids and cut_at > 0:

@@ -230,6 +230,7 @@ def _through(target: LoadedModel, calib: list[Item], args: argparse.Namespace, t
         max_epochs=args.train_epochs,
         max_minutes=args.train_minutes,
         anchor=args.anchor,
+        ema=args.ema,
         heldout_probes=max(1, args.proxy_probes),
         seed=args.seed,
     )
@@ -458,6 +459,13 @@ def build_parser() -> argparse.ArgumentParser:
         "map near it; with --lr auto W is the preconditioned weight, a different norm than with a fixed --lr "
         "(default 0: none)",
     )
+    train.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        help="keep, score and write a moving average of the trained map instead of its last step: after every step "
+        "average = ema x average + (1 - ema) x map, starting at the least-squares map; in [0, 1) (default 0: none)",
+    )
     model_options(fit)
     fit.set_defaults(func=cmd_fit)
 
@@ -561,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("sampled", "vocab", "anchor"):
         if getattr(args, name, 0) < 0:
             parser.error(f"--{name} must be >= 0")
+    if not 0 <= getattr(args, "ema", 0) < 1:
+        parser.error("--ema must be in [0, 1) (0 = no averaging)")
     try:
         return int(args.func(args))
     except (DataError, ModelSpecError, MapFileError, ValueError, LookupError) as err:

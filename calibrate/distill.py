@@ -12,11 +12,13 @@ cached on disk. Student: the same probe read after the passage arrives through t
 Student logits are computed only at probe positions (a 262k-token head dominates otherwise). The target's weights
 are frozen (``frozen``) and never change. Adam (step sizes relative to each parameter's scale: ``step_sizes``),
 seeded shuffles, held-out KL every ``eval_every`` steps, early stopping with the best held-out state kept, a
-wall-clock budget.
+wall-clock budget. With ``ema`` > 0 the map that is scored, kept and installed is an exponential moving average of
+the trained parameters (started at the least-squares map, updated after every step with weight 1 − ema).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -89,6 +91,7 @@ class TrainConfig:
     patience: int = 4
     hidden_weight: float = 0.1
     anchor: float = 0.0
+    ema: float = 0.0  # 0: the trained parameters themselves; else their moving average with this decay per step
     top_k: int = 64
     heldout_probes: int = 48
     seed: int = 0
@@ -106,6 +109,8 @@ class TrainConfig:
             raise ValueError("eval_every, patience, top_k and heldout_probes must be >= 1")
         if self.anchor < 0 or self.hidden_weight < 0:
             raise ValueError("anchor and hidden_weight must be >= 0")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1) (0 = no averaging), got {self.ema}")
 
 
 @dataclass
@@ -289,10 +294,11 @@ class Through:
         max_steps = max(1, math.ceil(cfg.max_epochs * len(self.train_idx) / cfg.batch_size))
         curve: list[dict[str, float]] = []
         started = time.perf_counter()
+        scored = copy.deepcopy(module) if cfg.ema else module  # the map that is scored, kept and installed
         with frozen(self.target.model):
-            best = self._held_kl(module, encoded, ls, lt)
+            best = self._held_kl(scored, encoded, ls, lt)
             curve.append({"step": 0, "heldout_kl": best, "train_kl": float("nan"), "seconds": 0.0})
-            best_state = module.tensors()
+            best_state = scored.tensors()
             stale, step = 0, 0
             order: list[int] = []
             bar = tqdm(total=max_steps, desc=f"distill {label}".strip(), unit="step", leave=False)
@@ -308,12 +314,16 @@ class Through:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if cfg.ema:
+                    with torch.no_grad():
+                        for average, trained in zip(scored.parameters(), module.parameters(), strict=True):
+                            average.lerp_(trained, 1 - cfg.ema)
                 step += 1
                 running.append(kl)
                 bar.update(1)
                 out_of_time = time.perf_counter() - started > cfg.max_minutes * 60
                 if step % cfg.eval_every == 0 or step == max_steps or out_of_time:
-                    held = self._held_kl(module, encoded, ls, lt)
+                    held = self._held_kl(scored, encoded, ls, lt)
                     train_kl = sum(running) / len(running)
                     running = []
                     curve.append(
@@ -326,7 +336,7 @@ class Through:
                     )
                     bar.set_postfix_str(f"train KL {train_kl:.3f} held-out KL {held:.3f} (best {min(best, held):.3f})")
                     if held < best:
-                        best, best_state, stale = held, module.tensors(), 0
+                        best, best_state, stale = held, scored.tensors(), 0
                     else:
                         stale += 1
                     if stale >= cfg.patience or out_of_time:

@@ -64,12 +64,21 @@ def test_bad_parameters_are_refused() -> None:
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="anchor"):
         TrainConfig(anchor=-1.0)
+    for ema in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="ema"):
+            TrainConfig(ema=ema)
 
 
 def test_cli_refuses_a_negative_anchor_before_loading_models(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["fit", "--source", "no-such-model", "--target", "no-such-model", "--anchor", "-0.5"])
     assert "--anchor must be >= 0" in capsys.readouterr().err
+
+
+def test_cli_refuses_an_ema_outside_0_1_before_loading_models(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--source", "no-such-model", "--target", "no-such-model", "--ema", "1"])
+    assert "--ema must be in [0, 1)" in capsys.readouterr().err
 
 
 def test_topk_kl_is_zero_for_equal_distributions_and_positive_otherwise() -> None:
@@ -178,6 +187,20 @@ def test_anchor_keeps_the_trained_map_nearer_its_least_squares_start(tiny_setup:
         moved[anchor] = float((trained - start).norm() / start.norm())
     assert moved[0.0] > 0.0
     assert moved[100.0] < moved[0.0] / 2
+
+
+def test_ema_installs_the_moving_average_not_the_last_step(tiny_setup: tuple) -> None:
+    _, _, encoded, through, init = tiny_setup
+    moved = {}
+    for ema in (0.0, 0.5, 0.999999):  # a decay this near 1 keeps the average at the start for a short run
+        aligner = _copy_of(init)
+        report = replace(through, config=replace(through.config, ema=ema)).train(aligner, encoded, 2, 0)
+        assert report["steps"] > 0
+        assert through.score(aligner, encoded, 2, 0) == pytest.approx(report["heldout_kl"], rel=1e-4)
+        start, trained = init.module().weight, aligner.module().weight
+        moved[ema] = float((trained - start).norm() / start.norm())
+    assert moved[0.0] > 0.0 and moved[0.5] > 0.0
+    assert moved[0.999999] < moved[0.0] / 100
 
 
 def test_planted_rotation_is_recovered_from_a_distorted_start() -> None:

@@ -37,8 +37,9 @@ models: $(VENV)/.models
 ## per way of entering the target through it (2 CPU cores): blocks 2, 4, 8 into layers 0 and 4 with the per-layer
 ## maps (`full` serves least squares block 2 -> layer 4 from it; about 45 min); block 4, alone and beside SmolLM2's
 ## embeddings (0+4), into layer 4 with 400 passages the models write themselves added (`replace`, `last_token`; about
-## 25 min); block 2, alone and beside the embeddings (0+2), into the embeddings with the same text (`embeds`; about
-## 25 min); these three with one Adam step size (`--lr 2e-4`). gemma3 -> smollm2: blocks 2 and 4 into layers 0 and 4
+## 25 min); these two with one Adam step size (`--lr 2e-4`); block 2, alone and beside the embeddings (0+2), into the
+## embeddings with the same text, held near its least-squares start (`--anchor 2000`, default step sizes; `embeds`;
+## about 25 min). gemma3 -> smollm2: blocks 2 and 4 into layers 0 and 4
 ## with the per-layer maps and the sampled text, ranked by SmolLM2's proxy KL, the best start per way of entering
 ## trained 10 min each with `--lr auto` (`replace`, `last_token`, `full`; about 25 min); block 2, alone and beside
 ## Gemma 3's embeddings, into the embeddings, 10 min (`embeds`; about 20 min). Each mode's maps are exported from the
@@ -47,14 +48,14 @@ models: $(VENV)/.models
 ## WORK keeps the full stores.
 WORK ?= /tmp/interlingua-default-maps
 FIT := $(PY) -m calibrate fit --data builtin:fictional-qa,builtin:python-docs --samples 1000 --directions forward
-S2G := $(FIT) --source smollm2 --target gemma3 --train-batch 2 --proxy-probes 24 --lr 2e-4
+S2G := $(FIT) --source smollm2 --target gemma3 --train-batch 2 --proxy-probes 24
 default-maps: models
 	$(S2G) --layers 2,4,8 --target-layers 0,4 --full --sampled 0 --methods linear,distill --train-minutes 12 \
-		--out $(WORK)/s2g-low
+		--lr 2e-4 --out $(WORK)/s2g-low
 	$(S2G) --layers 4,0+4 --target-layers 4 --sampled 400 --methods linear,distill --train-minutes 18 \
-		--out $(WORK)/s2g-replace
+		--lr 2e-4 --out $(WORK)/s2g-replace
 	$(S2G) --layers 2,0+2 --target-layers 0 --sampled 400 --methods linear,distill --train-minutes 18 \
-		--out $(WORK)/s2g-embeds
+		--anchor 2000 --out $(WORK)/s2g-embeds
 	$(FIT) --source gemma3 --target smollm2 --layers 2,4 --target-layers 0,4 --full --sampled 400 \
 		--methods linear,affine,distill --train-minutes 10 --out $(WORK)/g2s
 	$(FIT) --source gemma3 --target smollm2 --layers 2,0+2 --target-layers 0 --sampled 400 \

@@ -36,6 +36,11 @@ def qa_suffix(question: str) -> str:
     return f"\nQuestion: {question}\nAnswer:"
 
 
+def qa_probe(question: str, answer: str) -> str:
+    """What the target reads after the passage in a ``qa`` or ``cloze`` probe: the QA prompt and its answer."""
+    return qa_suffix(question) + " " + answer.strip()
+
+
 @dataclass
 class Probe:
     """Passage ``passage`` is handed over up to character ``cut``; the target then reads ``ids`` (its own tokens)."""
@@ -78,16 +83,16 @@ def cloze(text: str, rng: random.Random, before: int = 4, after: int = 3) -> tup
     return f'Which word goes in the blank: "{quote}"?', words[k].group()
 
 
-def _cloze_text(target: LoadedModel, text: str, seed: str, max_tokens: int = 32) -> list[str]:
-    """The cloze probe of ``text`` (none or one), its quote shortened until the answer fits in ``max_tokens``."""
+def _cloze_probe(target: LoadedModel, text: str, seed: str, max_tokens: int) -> str | None:
+    """The cloze probe of ``text``, its quote shortened until the answer fits in ``max_tokens`` (None: no word)."""
     for before, after in ((4, 3), (3, 2), (2, 1), (1, 0)):
         made = cloze(text, random.Random(seed), before, after)
         if made is None:
-            return []
-        probe = qa_suffix(made[0]) + " " + made[1]
+            return None
+        probe = qa_probe(*made)
         if len(target.tokenize(probe)[0]) <= max_tokens:
             break
-    return [probe]
+    return probe
 
 
 def native_answers(
@@ -157,10 +162,10 @@ def make_probes(
         if "repeat" in applicable[i]:
             texts.append((len(it.context), "repeat", REPEAT_PROMPT + it.context))
         if i in answers:
-            texts.append((len(it.context), "qa", qa_suffix(it.question) + " " + answers[i].strip()))
-        if "cloze" in applicable[i]:
-            made = _cloze_text(target, it.context, f"{seed}-{i}", max_tokens)
-            texts.extend((len(it.context), "cloze", text) for text in made)
+            texts.append((len(it.context), "qa", qa_probe(it.question, answers[i])))
+        blanked = _cloze_probe(target, it.context, f"{seed}-{i}", max_tokens) if "cloze" in applicable[i] else None
+        if blanked is not None:
+            texts.append((len(it.context), "cloze", blanked))
         for cut_at, kind, text in texts:
             ids = target.tokenize(text)[0][:max_tokens]
             if ids and cut_at > 0:

@@ -28,7 +28,7 @@ import torch
 
 from aligners import build
 from calibrate.data import read_items, shares, split_items
-from calibrate.fit import Side, gather
+from calibrate.fit import PAIRINGS, Side, gather
 from calibrate.layers import parse_layer_groups
 from service.runtime.encode import encode
 from service.runtime.loading import LoadedModel, load_model
@@ -47,12 +47,15 @@ def top1(mapped: torch.Tensor, ids: torch.Tensor, table: torch.Tensor, chunk: in
     return hits / max(1, len(mapped))
 
 
-def paired_ids(src: Side, tgt: Side) -> torch.Tensor:
-    """The target token of every pair ``gather`` yields, in the same order."""
-    from service.runtime.pairing import pair_indices
+def paired_ids(src: Side, tgt: Side, pairing: str = "end") -> torch.Tensor:
+    """The target token of every pair ``gather`` yields with ``pairing``, in the same order."""
+    from service.runtime.pairing import pair_indices, piece_pairs
 
     out: list[int] = []
     for a, b in zip(src.encoded, tgt.encoded, strict=True):
+        if pairing == "span":
+            out.extend(piece_pairs(a.text, a.offsets, tgt.model.tokenize_pieces)[1])
+            continue
         _, ti = pair_indices(a.offsets, b.offsets)
         out.extend(b.ids[j] for j in ti)
     return torch.tensor(out)
@@ -93,6 +96,13 @@ def main() -> None:
     parser.add_argument("--other", action="append", default=[], help="another source to measure on (repeatable)")
     parser.add_argument("--vocab", type=int, default=0, help="also fit on N vocabulary passages (half per model)")
     parser.add_argument("--held", type=int, default=40, help="passages per evaluation set")
+    parser.add_argument(
+        "--pairing",
+        choices=PAIRINGS,
+        default="end",
+        help="fit and score on tokens paired by common ends, or each source token with the target's own token for "
+        "the same characters (as fit --pairing)",
+    )
     parser.add_argument("--grid-qa", help="QA source for the token-grid check (e.g. builtin:letters-qa)")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -122,17 +132,20 @@ def main() -> None:
     table = tgt_model.stack.embed(torch.arange(tgt_model.stack.embed_tokens.weight.shape[0])[None])[0].float()
     print(f"encoded in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     extra = f" + {args.vocab} vocabulary passages" if args.vocab else ""
-    print(f"{args.source} -> {args.target} input embeddings, {len(fit_texts)} passages ({args.data}{extra})\n")
+    print(
+        f"{args.source} -> {args.target} input embeddings, {len(fit_texts)} passages ({args.data}{extra}), "
+        f"pairing {args.pairing}\n"
+    )
     print("| source layer | pairs fitted | " + " | ".join(f"top-1: {n}" for n in sets) + " |")
     print("|---:|---:|" + "---:|" * len(sets))
     all_passages = list(range(len(fit_texts)))
     for group in groups:
-        x, y = gather(fit_src, fit_tgt, all_passages, group, 0)
+        x, y = gather(fit_src, fit_tgt, all_passages, group, 0, args.pairing)
         aligner = build("linear", seed=0).fit(x, y)
         cells = []
         for s, t in evals.values():
-            xe, _ = gather(s, t, list(range(len(s.encoded))), group, 0)
-            cells.append(f"{top1(aligner.transform(xe), paired_ids(s, t), table):.3f}")
+            xe, _ = gather(s, t, list(range(len(s.encoded))), group, 0, args.pairing)
+            cells.append(f"{top1(aligner.transform(xe), paired_ids(s, t, args.pairing), table):.3f}")
         print(f"| {'+'.join(map(str, group))} | {len(x)} | " + " | ".join(cells) + " |", flush=True)
 
 

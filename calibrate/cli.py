@@ -26,8 +26,8 @@ from aligners.store import MapKey, MapNotFoundError, MapStore, same_map
 from calibrate.data import DataError, Item, read_items, shares, split_items
 from calibrate.distill import Through, TrainConfig
 from calibrate.fictional import BUILTINS
-from calibrate.fit import METHODS, TRAINED, Group, Side, layer_pairs, split_passages, sweep
-from calibrate.layers import check_range, parse_layer_groups, parse_layers
+from calibrate.fit import METHODS, PAIRINGS, TRAINED, Group, Side, layer_pairs, split_passages, sweep
+from calibrate.layers import SNAP_DEFAULT, check_range, parse_layer_groups, parse_layers, parse_snaps
 from calibrate.probes import PROBE_KINDS, make_probes
 from service.runtime.loading import LoadedModel, ModelSpecError, cache_home, load_model
 from service.runtime.modes import HANDOVER_MODES, get_mode, parse_handover_modes
@@ -77,6 +77,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
 
+    snaps = parse_snaps(args.snap, "--snap")
     models = {"a": _load(args.source, args), "b": _load(args.target, args)}
     directions = [("a", "b")] + ([("b", "a")] if args.directions == "both" else [])
     plans: list[tuple[str, str, list[tuple[Group, int]], set[tuple[Group, int]]]] = []
@@ -112,6 +113,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "data": args.data,
         "sampled": args.sampled,
         "vocab": args.vocab,
+        "pairing": args.pairing,
         "seed": args.seed,
         "n_passages": len(calib),
         "format": "interlingua.map",
@@ -122,7 +124,19 @@ def cmd_fit(args: argparse.Namespace) -> int:
     for s, t, pairs, helpers in plans:
         sides = Side(models[s].name, models[s], encoded[s]), Side(models[t].name, models[t], encoded[t])
         through = _through(models[t], calib, args, timings) if trains_through else None
-        for result in sweep(*sides, pairs, methods, store, metadata, args.seed, through, helpers, args.train_top):
+        for result in sweep(
+            *sides,
+            pairs,
+            methods,
+            store,
+            metadata,
+            args.seed,
+            through,
+            helpers,
+            args.train_top,
+            args.pairing,
+            snaps,
+        ):
             rows.append(
                 {
                     **result.key.as_dict(),
@@ -380,6 +394,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-samples", type=int, default=200, help="QA items held out from calibration for `eval` (default 200)"
     )
     fit.add_argument(
+        "--snap",
+        default=SNAP_DEFAULT,
+        help="for maps into the target's input embeddings (layer 0): how far the served states move toward the "
+        "target's nearest embedding rows (0 = as mapped, 1 = the row itself); comma-separated candidates, the one "
+        f"with the lowest proxy KL is stored with the map (the first without --proxy-probes); default {SNAP_DEFAULT}",
+    )
+    fit.add_argument(
+        "--pairing",
+        choices=PAIRINGS,
+        default="end",
+        help="how token states are paired across the tokenizers for maps into the target's input embeddings (layer "
+        "0): end = tokens whose spans end at the same character (as for every deeper target layer); span = each "
+        "source token with the target's own token for the same characters, where the target reads them as one "
+        "(default end)",
+    )
+    fit.add_argument(
         "--layers",
         default="2,4,0+2,0+4",
         help="source layers, e.g. 8-16 or 2,4,8; A+B fits one map from layers A and B concatenated per token "
@@ -515,6 +545,12 @@ def build_parser() -> argparse.ArgumentParser:
         "target (one per target token, from the aligned source token); default source",
     )
     ev.add_argument(
+        "--snap",
+        default=None,
+        help="snap weights to evaluate the maps into layer 0 with instead of each map's own (comma-separated, one row "
+        "each, e.g. 0,0.5,1: how far the states move toward the target's nearest rows); default: each map's",
+    )
+    ev.add_argument(
         "--chat",
         action="store_true",
         help="ask the question through the target's chat template, where it has one, in every condition alike",
@@ -571,6 +607,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} must be >= 0")
     if not 0 <= getattr(args, "ema", 0) < 1:
         parser.error("--ema must be in [0, 1) (0 = no averaging)")
+    if getattr(args, "snap", None) is not None:
+        try:
+            parse_snaps(args.snap, "--snap")
+        except ValueError as err:
+            parser.error(str(err))
     try:
         return int(args.func(args))
     except (DataError, ModelSpecError, MapFileError, ValueError, LookupError) as err:

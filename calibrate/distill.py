@@ -39,6 +39,7 @@ from service.runtime.encode import Encoded
 from service.runtime.generate import Prefill
 from service.runtime.loading import LoadedModel
 from service.runtime.prompt import Prompt
+from service.runtime.snap import toward_vocabulary
 from service.runtime.stack import frozen
 
 
@@ -262,10 +263,25 @@ class Through:
         return total, float(kl.detach())
 
     @torch.no_grad()
-    def score(self, aligner: Aligner, encoded: list[Encoded], ls: int | tuple[int, ...], lt: int) -> float:
-        """Mean held-out KL of the target reading the probes after this map's handover (lower is better)."""
+    def score(
+        self, aligner: Aligner, encoded: list[Encoded], ls: int | tuple[int, ...], lt: int, snap: float = 0.0
+    ) -> float:
+        """Mean held-out KL of the target reading the probes after this map's handover (lower is better), with the
+        mapped states moved ``snap`` of the way to the target's nearest embedding rows (``toward_vocabulary``)."""
+
+        def map_fn(x: torch.Tensor) -> torch.Tensor:
+            return toward_vocabulary(self.target, aligner.transform(x), snap)
+
         with frozen(self.target.model):
-            return self._held_kl(aligner.transform, encoded, ls, lt)
+            return self._held_kl(map_fn, encoded, ls, lt)
+
+    def choose_snap(
+        self, aligner: Aligner, encoded: list[Encoded], ls: int | tuple[int, ...], weights: list[float], kl0: float
+    ) -> tuple[float, dict[float, float]]:
+        """The snap weight among ``weights`` with the lowest held-out KL for a map into the target's input
+        embeddings, and every weight's KL (``kl0``: the map's own KL, without a snap)."""
+        kls = {w: kl0 if w == 0.0 else self.score(aligner, encoded, ls, 0, w) for w in weights}
+        return min(kls, key=lambda w: (kls[w], w)), kls
 
     def _held_kl(self, map_fn: Any, encoded: list[Encoded], ls: int | tuple[int, ...], lt: int) -> float:
         step = max(1, self.config.batch_size * 2)

@@ -20,6 +20,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from tqdm import tqdm
 from aligners.resolve import choose
 from aligners.store import MapKey, MapNotFoundError, MapStore
 from calibrate.data import Item, read_items, split_items
-from calibrate.layers import parse_layers
+from calibrate.layers import parse_layers, parse_snaps
 from calibrate.probes import qa_suffix as plain_qa_suffix
 from calibrate.report import heatmap
 from calibrate.scoring import exact_match, f1_score, first_line
@@ -181,11 +182,13 @@ def evaluate_direction(
     screen_by: str = "f1",
     methods: list[str] | None = None,
     grids: tuple[Grid, ...] = ("source",),
+    snaps: tuple[float | None, ...] = (None,),
 ) -> dict[str, Any]:
     """QA on ``items`` and, with ``texts``, the continuation CBR on plain text, for the best map of each method.
 
     ``screen_by="f1"`` screens every map in ``replace`` on ``screen_items`` items; ``"kl"`` takes the fit's held-out
-    proxy KL instead (no screening runs, no labels needed).
+    proxy KL instead (no screening runs, no labels needed). Each of ``snaps`` other than None replaces the snap weight
+    of the maps into layer 0 (``LayerMap.snap``; None: each map's own), one row per weight.
     """
     texts = texts or []
     entries = [
@@ -252,12 +255,13 @@ def evaluate_direction(
     translated, identity = [], {}
     for _, row in tqdm(sorted(best.items()), desc=f"modes {source.name}->{target.name}", unit="method"):
         key = MapKey.from_entry(row)
-        for mode, grid in [(m, g) for m in modes for g in grids]:
+        for mode, grid, snap in [(m, g, w) for m in modes for g in grids for w in snaps]:
             layer = _layer(mode, key.target_layer)
             maps = _maps_for(store, source, target, key, mode)
             if maps is None:
                 translated.append({**key.as_dict(), "mode": mode, "grid": grid, "missing": "maps not in store"})
                 continue
+            maps = [replace(m, snap_weight=snap) for m in maps]
             # last_token places its vector after every scored continuation token: its NLL would be the no-context
             # NLL by construction, so none is reported.
             with_nll = get_mode(mode).scores_continuation
@@ -275,6 +279,7 @@ def evaluate_direction(
                     **key.as_dict(),
                     "mode": mode,
                     "grid": grid,
+                    "snap": maps[-1].snap,
                     "layers": maps[-1].label,  # the map this mode used
                     **scores,
                     "cbr": cbr(scores["nll"]) if with_nll else None,
@@ -319,7 +324,11 @@ def eval_markdown(result: dict[str, Any]) -> str:
     ]
     for r in result["translated"]:
         layers = r.get("layers") or MapKey.from_entry(r).layers_label
-        mode = r["mode"] + (" (target grid)" if r.get("grid") == "target" else "")
+        mode = (
+            r["mode"]
+            + (" (target grid)" if r.get("grid") == "target" else "")
+            + (f" (snap {r['snap']:g})" if r.get("snap") else "")
+        )
         if "missing" in r:
             lines.append(f"| {r['method']} | {layers} | {mode} | n/a ({r['missing']}) | | | | | | |")
             continue
@@ -390,6 +399,7 @@ def run_eval(args: argparse.Namespace) -> int:
             screen_by,
             [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None,
             grids,
+            (None,) if args.snap is None else parse_snaps(args.snap, "--snap"),
         )
         result["chat"] = bool(args.chat and models[target_name].tokenizer.chat_template)
         results.append(result)

@@ -20,7 +20,7 @@ from aligners.store import MapKey, MapStore, layers_name, matching_layer
 from calibrate.distill import Through
 from service.runtime.encode import Encoded
 from service.runtime.loading import LoadedModel
-from service.runtime.pairing import pair_indices
+from service.runtime.pairing import pair_indices, piece_pairs
 
 # Larger batches and step size than the aligner defaults: a sweep fits dozens of adapters on ~10^5 pairs each.
 _LORA: dict[str, Any] = {"batch_size": 512, "lr": 3e-3, "max_epochs": 40, "patience": 3}
@@ -95,16 +95,53 @@ def split_passages(n: int, seed: int, heldout_fraction: float = 0.1) -> tuple[li
     return sorted(order[n_held:]), sorted(order[:n_held])
 
 
-def gather(src: Side, tgt: Side, items: list[int], ls: int | Group, lt: int) -> tuple[torch.Tensor, torch.Tensor]:
+# How calibration pairs tokens across the two tokenizers: "end" pairs tokens whose spans end at the same character
+# (``pair_indices``), for every target layer; "span" pairs each source token with the target's own token for the same
+# characters (``piece_pairs``) where the map goes into the target's input embeddings, which read no context.
+PAIRINGS = ("end", "span")
+
+
+def gather(
+    src: Side, tgt: Side, items: list[int], ls: int | Group, lt: int, pairing: str = "end"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Paired rows (source at ls, one layer or several concatenated; target at lt) over the given passages,
     float32."""
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
     xs, ys = [], []
     for i in items:
         a, b = src.encoded[i], tgt.encoded[i]
+        if pairing == "span" and lt == 0:
+            si, ids = piece_pairs(a.text, a.offsets, tgt.model.tokenize_pieces)
+            xs.append(a.at(ls)[si])
+            ys.append(tgt.model.stack.embed(torch.tensor([ids], dtype=torch.long))[0].float().cpu())
+            continue
         si, ti = pair_indices(a.offsets, b.offsets)
         xs.append(a.at(ls)[si])
         ys.append(b.states[lt][ti])
     return torch.cat(xs).float(), torch.cat(ys).float()
+
+
+def set_snap(
+    aligner: Aligner,
+    scores: dict[str, float],
+    through: Through | None,
+    encoded: list[Encoded],
+    ls: int | Group,
+    lt: int,
+    snaps: tuple[float, ...],
+) -> None:
+    """For a map into the target's input embeddings, record the snap weight the runtime applies
+    (``fit_info["snap"]``): among ``snaps`` the one with the lowest proxy KL, or without a proxy the first. ``kl``
+    becomes the map's KL as served; ``kl_no_snap`` keeps its KL without one."""
+    if lt != 0:
+        return
+    weight = snaps[0]
+    if through is not None and "kl" in scores:
+        weight, kls = through.choose_snap(aligner, encoded, ls, list(snaps), scores["kl"])
+        scores["kl_no_snap"], scores["kl"] = scores["kl"], kls[weight]
+    aligner.fit_info["snap"] = weight
+    scores["snap"] = weight
 
 
 def _meta(
@@ -133,6 +170,8 @@ def sweep(
     through: Through | None = None,
     helpers: set[tuple[Group, int]] | None = None,
     train_top: int = 1,
+    pairing: str = "end",
+    snaps: tuple[float, ...] = (0.0,),
 ) -> list[FitResult]:
     """Fit and save every method for every layer pair of one direction.
 
@@ -140,7 +179,8 @@ def sweep(
     the target reading the probes after the handover (``kl``, lower is better), and the trained kinds are trained
     through the target for the ``train_top`` best layer pairs (ranked by the KL of their least-squares init) per way
     of entering it: into its input embeddings (layer 0, the ``embeds`` mode) and into a deeper layer (``replace``).
-    ``helpers`` are the per-layer pairs only the ``full`` mode needs: fitted, never trained.
+    ``helpers`` are the per-layer pairs only the ``full`` mode needs: fitted, never trained. Every map into layer 0
+    gets the snap weight among ``snaps`` with the lowest proxy KL (``choose_snap``; the first without a proxy).
     """
     fit_idx, held_idx = split_passages(len(src.encoded), seed)
     helpers = helpers or set()
@@ -154,8 +194,8 @@ def sweep(
     inits: dict[tuple[Group, int], Aligner] = {}  # each ranked pair's least-squares start
     bar = tqdm(total=len(pairs) * len(closed), desc=f"fit {src.name}->{tgt.name}", unit="map")
     for ls, lt in pairs:
-        x, y = gather(src, tgt, fit_idx, ls, lt)
-        xh, yh = gather(src, tgt, held_idx, ls, lt)
+        x, y = gather(src, tgt, fit_idx, ls, lt, pairing)
+        xh, yh = gather(src, tgt, held_idx, ls, lt, pairing)
         data[(ls, lt)] = (x, y, xh, yh)
         for method in closed:
             start = time.perf_counter()
@@ -165,6 +205,7 @@ def sweep(
             proxy_start = time.perf_counter()
             if through is not None and (ls, lt) not in helpers:  # helper maps are never candidates: no proxy
                 scores["kl"] = through.score(aligner, src.encoded, ls, lt)
+            set_snap(aligner, scores, through, src.encoded, ls, lt, snaps)
             proxy_seconds = time.perf_counter() - proxy_start
             key = MapKey.of(src.name, tgt.name, ls, lt, method)
             meta = {**_meta(src, tgt, metadata, x, xh, len(fit_idx)), "fit_seconds": seconds}
@@ -203,6 +244,7 @@ def sweep(
             scores = metrics.evaluate(aligner.transform(xh), yh, target_mean=y.mean(dim=0)) if len(xh) > 1 else {}
             scores["kl"] = report["heldout_kl"]
             scores["init_kl"] = init_kl[(ls, lt)]
+            set_snap(aligner, scores, through, src.encoded, ls, lt, snaps)
             key = MapKey.of(src.name, tgt.name, ls, lt, method)
             meta = {
                 **_meta(src, tgt, metadata, x, xh, len(fit_idx)),

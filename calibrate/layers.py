@@ -1,4 +1,4 @@
-"""Parsing layer lists such as ``8-16`` or ``2,4,8-12``."""
+"""Parsing layer lists such as ``8-16`` or ``2,4,8-12``, and lists of snap weights."""
 
 from __future__ import annotations
 
@@ -51,3 +51,18 @@ def check_range(layers: list[int], n_layers: int, model: str, what: str, allow_l
             "(after the final norm), which no block reads"
         )
         raise ValueError(f"{what} {bad} out of range for {model}: {why}")
+
+
+# Candidate snap weights `fit` chooses among by the proxy KL.
+SNAP_DEFAULT = "0,0.25,0.5,0.75,1"
+
+
+def parse_snaps(text: str, flag: str) -> tuple[float, ...]:
+    """Comma-separated snap weights, each a share in [0, 1]."""
+    try:
+        weights = tuple(float(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        weights = ()
+    if not weights or any(not 0.0 <= w <= 1.0 for w in weights):
+        raise ValueError(f"{flag} takes comma-separated weights in [0, 1] (e.g. 0,0.5,1), got {text!r}")
+    return weights

@@ -12,23 +12,31 @@ def _f(value: Any, digits: int = 3) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
+def _snap(row: dict[str, Any]) -> str:
+    if "snap" not in row:
+        return ""
+    return f"{row['snap']:g}" + (f" ({row['kl_no_snap']:.3f})" if "kl_no_snap" in row else "")
+
+
 def fit_markdown(rows: list[dict[str, Any]], timings: dict[str, float]) -> str:
     lines = [
-        "| direction | layers | method | proxy KL | R² | cosine | mean-baseline cosine | centred cosine | retrieval@1 "
-        "| pairs |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| direction | layers | method | proxy KL | snap (KL without) | R² | cosine | mean-baseline cosine | "
+        "centred cosine | retrieval@1 | pairs |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     keyed = [(MapKey.from_entry(r), r) for r in rows]
     for key, r in sorted(keyed, key=lambda kr: (kr[0].source, kr[0].source_layers, kr[0].target_layer, kr[0].method)):
         lines.append(
             f"| {r['source']} -> {r['target']} | {key.layers_label} | {r['method']} | "
-            f"{_f(r.get('kl'))} | {_f(r.get('r2'))} | {_f(r.get('cosine'))} | {_f(r.get('mean_baseline_cosine'))} | "
-            f"{_f(r.get('centred_cosine'))} | {_f(r.get('retrieval_at_1'))} | {r.get('n_pairs_fit', '')} |"
+            f"{_f(r.get('kl'))} | {_snap(r)} | {_f(r.get('r2'))} | {_f(r.get('cosine'))} | "
+            f"{_f(r.get('mean_baseline_cosine'))} | {_f(r.get('centred_cosine'))} | {_f(r.get('retrieval_at_1'))} | "
+            f"{r.get('n_pairs_fit', '')} |"
         )
     lines += [
         "",
         "proxy KL: held-out KL (nats per probe token) of the target's next-token distributions after the handover "
-        "against reading the text itself; lower is better, 0 = nothing lost.",
+        "against reading the text itself; lower is better, 0 = nothing lost. snap: the share of the way the map's "
+        "states move toward the target's nearest embedding rows (maps into layer 0), chosen by the proxy KL.",
     ]
     lines += ["", "| step | seconds |", "|---|---:|"] + [f"| {k} | {v:.1f} |" for k, v in timings.items()]
     return "\n".join(lines) + "\n"

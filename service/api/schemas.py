@@ -136,7 +136,12 @@ class TranslateResponse(BaseModel):
     method: str
     tokens: list[Token]
     shape: list[int]
-    states: States | None = None
+    snap: float = Field(
+        0.0,
+        description="how far the mapped states were moved toward B's nearest input-embedding rows before B reads "
+        "them (0 = as mapped, 1 = the rows; maps into layer 0 carry it from their fit)",
+    )
+    states: States | None = Field(None, description="the mapped states as B reads them (snap applied)")
     logit_lens: list[list[LensEntry]] | None = None
     native_cosine: NativeCosine | None = None
     timings_ms: dict[str, float]

@@ -13,6 +13,7 @@ from service.api.schemas import LensEntry, NativeCosine, States, Token, Translat
 from service.runtime.diagnostics import logit_lens, native_cosine
 from service.runtime.handover import Encoder, LayerMap, project
 from service.runtime.loading import LoadedModel
+from service.runtime.snap import toward_vocabulary
 
 
 @dataclass
@@ -20,15 +21,18 @@ class SourceSide:
     """What the source contributes to /translate: its tokens and their states mapped into the target layer."""
 
     tokens: list[Token]
-    mapped: torch.Tensor  # (n, d_B), float32
+    mapped: torch.Tensor  # (n, d_B), float32, as the map wrote them
     offsets: list[tuple[int, int]]
     timings_ms: dict[str, float]
+    snap: float = 0.0  # the map's pull toward the target's embedding rows (``LayerMap.snap``), applied by the target
 
 
 @dataclass
 class TargetSide:
-    """The target's diagnostics of mapped states (each None unless asked for)."""
+    """The states as the target reads them (the source side's, with the map's snap applied) and the target's
+    diagnostics of them (each None unless asked for)."""
 
+    mapped: torch.Tensor
     logit_lens: list[list[LensEntry]] | None = None
     native_cosine: NativeCosine | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -40,17 +44,20 @@ def source_side(src: LoadedModel, encoder: Encoder, text: str, layer_map: LayerM
         Token(id=i, text=src.decode_continuation([i]), start=s, end=e)
         for i, (s, e) in zip(projected.ids, projected.offsets, strict=True)
     ]
-    return SourceSide(tokens, projected.mapped[layer_map.target_layer], projected.offsets, projected.timings_ms)
+    layer = layer_map.target_layer
+    return SourceSide(
+        tokens, projected.mapped[layer], projected.offsets, projected.timings_ms, projected.snap.get(layer, 0.0)
+    )
 
 
 def target_side(tgt: LoadedModel, req: TranslateRequest, layer: int, src: SourceSide) -> TargetSide:
     t0 = time.perf_counter()
-    out = TargetSide()
+    out = TargetSide(toward_vocabulary(tgt, src.mapped, src.snap).float())
     if req.top_k:
-        lens = logit_lens(tgt, src.mapped, req.top_k)
+        lens = logit_lens(tgt, out.mapped, req.top_k)
         out.logit_lens = [[LensEntry(token=t, id=i, prob=p) for t, i, p in row] for row in lens]
     if req.compare_native:
-        per, mean = native_cosine(tgt, req.text, layer, src.mapped, src.offsets)
+        per, mean = native_cosine(tgt, req.text, layer, out.mapped, src.offsets)
         out.native_cosine = NativeCosine(per_position=per, mean=mean)
     if req.top_k or req.compare_native:
         out.timings_ms["diagnostics"] = (time.perf_counter() - t0) * 1e3
@@ -60,7 +67,7 @@ def target_side(tgt: LoadedModel, req: TranslateRequest, layer: int, src: Source
 def response(
     req: TranslateRequest, maps: list[LayerMap], method: str | None, src: SourceSide, tgt: TargetSide
 ) -> TranslateResponse:
-    mapped = src.mapped
+    mapped = tgt.mapped
     result = TranslateResponse(
         source=req.source,
         target=req.target,
@@ -70,6 +77,7 @@ def response(
         method=method or "",
         tokens=src.tokens,
         shape=list(mapped.shape),
+        snap=src.snap,
         timings_ms={**src.timings_ms, **tgt.timings_ms},
         logit_lens=tgt.logit_lens,
         native_cosine=tgt.native_cosine,

@@ -20,6 +20,7 @@ from service.runtime.loading import LoadedModel
 from service.runtime.modes import Handed, get_mode
 from service.runtime.pairing import grid_indices
 from service.runtime.prompt import LastTokenOp, Prompt
+from service.runtime.snap import toward_vocabulary
 
 # Which tokens' states the target receives: one per source token, or one per target token (``grid_indices``).
 Grid = Literal["source", "target"]
@@ -38,6 +39,7 @@ class LayerMap:
     target_layer: int
     aligner: Aligner
     extra_layers: tuple[int, ...] = ()
+    snap_weight: float | None = None  # overrides the map's own snap weight (``snap``) where set
 
     @classmethod
     def of(cls, source_layers: tuple[int, ...] | list[int], target_layer: int, aligner: Aligner) -> LayerMap:
@@ -57,6 +59,14 @@ class LayerMap:
     def label(self) -> str:
         return f"L{layers_name(self.source_layers)}->L{self.target_layer}"
 
+    @property
+    def snap(self) -> float:
+        """The share of the way each mapped state moves toward the target's nearest embedding row before the target
+        reads it (``snap.toward_vocabulary``): chosen when the map was fitted, for maps into layer 0 only."""
+        if self.target_layer != 0:
+            return 0.0
+        return self.snap_weight if self.snap_weight is not None else float(self.aligner.fit_info.get("snap", 0.0))
+
 
 @dataclass
 class Handover:
@@ -74,6 +84,7 @@ class Projected:
     ids: list[int]
     offsets: list[tuple[int, int]]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    snap: dict[int, float] = field(default_factory=dict)  # target layer -> snap weight of its map (``LayerMap.snap``)
 
 
 def check_maps(mode: str, maps: list[LayerMap], source: int, target: int) -> None:
@@ -114,7 +125,8 @@ def project(source: LoadedModel, text: str, maps: list[LayerMap], encoder: Encod
         raise ValueError(f"text has no tokens for {source.name}: a handover needs a non-empty text")
     mapped = {m.target_layer: m.aligner.transform(enc.at(m.source_layers).to(torch.float32)) for m in maps}
     t2 = time.perf_counter()
-    return Projected(mapped, enc.ids, enc.offsets, {"encode": (t1 - t0) * 1e3, "project": (t2 - t1) * 1e3})
+    snap = {m.target_layer: m.snap for m in maps if m.snap}
+    return Projected(mapped, enc.ids, enc.offsets, {"encode": (t1 - t0) * 1e3, "project": (t2 - t1) * 1e3}, snap)
 
 
 def build_prompt(
@@ -133,6 +145,8 @@ def build_prompt(
     is the same as before."""
     suffix_ids, _ = target.tokenize(suffix) if suffix else ([], [])
     mapped = {} if projected is None else {k: v.to(target.stack.dtype) for k, v in projected.mapped.items()}
+    for k, weight in (projected.snap if projected is not None else {}).items():
+        mapped[k] = toward_vocabulary(target, mapped[k], weight)
     if grid == "target" and projected is not None:
         rows = torch.tensor(grid_indices(projected.offsets, target.tokenize(text)[1]), dtype=torch.long)
         mapped = {k: v[rows.to(v.device)] for k, v in mapped.items()}

@@ -107,6 +107,12 @@ class LoadedModel:
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
+    def tokenize_pieces(self, texts: list[str]) -> list[list[int]]:
+        """The token ids of each text read alone, without special tokens (one batch call)."""
+        if not texts:
+            return []
+        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
     @property
     def max_positions(self) -> int | None:
         """The most positions the model was built for (its rotary/positional range), or None if it names none."""

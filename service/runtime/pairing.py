@@ -8,7 +8,12 @@ last one, which has read the whole character, is kept.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+
+# Texts -> the token ids of each, read alone without special tokens (a tokenizer's batch call).
+PieceTokenizer = Callable[[list[str]], list[list[int]]]
 
 
 def _by_end(offsets: list[tuple[int, int]]) -> dict[int, int]:
@@ -56,3 +61,21 @@ def grid_indices(src_offsets: list[tuple[int, int]], tgt_offsets: list[tuple[int
             k += 1
         out.append(ends[k][1])
     return out
+
+
+def piece_pairs(
+    text: str, src_offsets: list[tuple[int, int]], tokenize_pieces: PieceTokenizer
+) -> tuple[list[int], list[int]]:
+    """(source indices, target token ids): each source token whose characters the target reads as one token of its
+    own, with that token. This pairs equal spans only, which suits a context-free target (its input embeddings):
+    pairing by common end would pair a source piece with a longer target token that also covers the characters
+    before it (SmolLM2's ``ark`` with Gemma 3's `` Lark``). Where several source tokens share one span (a character
+    split into bytes), the last is kept, as ``pair_indices`` keeps it."""
+    kept = [
+        i
+        for i, (s, e) in enumerate(src_offsets)
+        if e > s and (i + 1 == len(src_offsets) or src_offsets[i + 1] != (s, e))
+    ]
+    pieces = tokenize_pieces([text[src_offsets[i][0] : src_offsets[i][1]] for i in kept])
+    pairs = [(i, ids[0]) for i, ids in zip(kept, pieces, strict=True) if len(ids) == 1]
+    return [i for i, _ in pairs], [t for _, t in pairs]

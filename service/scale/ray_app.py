@@ -358,8 +358,8 @@ class RayState(ServiceState):
                 .result()
             ),
         )
-        tgt: TargetSide = TargetSide()
-        if req.top_k or req.compare_native:
+        tgt = TargetSide(src.mapped)
+        if req.top_k or req.compare_native or src.snap:  # the snap needs the target's embedding table
             tgt = _call(
                 "diagnostics", lambda: self.targets[req.target].diagnostics.remote(req, m.target_layer, src).result()
             )

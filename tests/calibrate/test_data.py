@@ -4,10 +4,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from calibrate.data import DataError, read_items, split_items
 from calibrate.fictional import generate_items
-from service.runtime.pairing import pair_indices
+from service.runtime.loading import LoadedModel
+from service.runtime.pairing import pair_indices, piece_pairs
+from tests.tiny import corpus
 
 SQUAD_V1 = {
     "version": "1.1",
@@ -156,3 +159,42 @@ def test_layer_range_errors_say_why() -> None:
         check_range([5], 5, "tiny", "--target-layers", allow_last=False)
     with pytest.raises(ValueError, match=r"layers 0..5 \(0 = embeddings"):
         check_range([6], 5, "tiny", "--layers")
+
+
+def test_piece_pairs_pair_each_source_token_with_the_target_token_for_the_same_characters() -> None:
+    # "the mill": the source cuts " mill" as " mi" + "ll"; the target reads " mi" as one token and "ll" as two; the
+    # last character comes as two byte tokens with one span (only the last is kept).
+    vocab = {"the": [7], " mi": [8], "ll": [9, 9], " é": [6]}
+    text = "the mill é"
+    src = [(0, 3), (3, 6), (6, 8), (8, 10), (8, 10)]
+
+    def pieces(texts: list[str]) -> list[list[int]]:
+        return [vocab[t] for t in texts]
+
+    assert piece_pairs(text, src, pieces) == ([0, 1, 4], [7, 8, 6])
+    assert piece_pairs(text, [(0, 0), (0, 3)], pieces) == ([1], [7])  # an empty span is no token's text
+
+
+def test_span_pairing_targets_the_embeddings_of_the_same_characters(tiny: dict[str, LoadedModel]) -> None:
+    from calibrate.fit import Side, gather
+    from service.runtime.encode import encode
+
+    texts = corpus(6, seed=5)
+    llama, gemma = tiny["llama"], tiny["gemma3"]
+    src = Side("llama", llama, encode(llama, texts, [0, 1]))
+    # Source = target: every token's characters are one token of the target, so both pairings pair the same rows.
+    same = Side("llama", llama, encode(llama, texts, [0, 1]))
+    end, span = gather(src, same, list(range(6)), 1, 0, "end"), gather(src, same, list(range(6)), 1, 0, "span")
+    assert torch.equal(end[0], span[0]) and torch.equal(end[1], span[1])
+    # Another tokenizer: each row is the target's embedding of the source token's own characters.
+    tgt = Side("gemma3", gemma, encode(gemma, texts, [0, 2]))
+    x, y = gather(src, tgt, [0], (0, 1), 0, "span")
+    a = src.encoded[0]
+    si, ids = piece_pairs(a.text, a.offsets, gemma.tokenize_pieces)
+    assert len(si) == len(x) and len(si) > len(pair_indices(a.offsets, tgt.encoded[0].offsets)[0]) // 2
+    assert torch.equal(x, a.at((0, 1))[si])
+    assert torch.allclose(y, gemma.stack.embed(torch.tensor([ids]))[0].float())
+    # Deeper target layers read context: they keep the pairing by common ends.
+    assert torch.equal(gather(src, tgt, [0], 1, 2, "span")[1], gather(src, tgt, [0], 1, 2, "end")[1])
+    with pytest.raises(ValueError, match="pairing must be one of end, span"):
+        gather(src, tgt, [0], 1, 0, "middle")

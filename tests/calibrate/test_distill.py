@@ -75,6 +75,16 @@ def test_cli_refuses_a_negative_anchor_before_loading_models(capsys: pytest.Capt
     assert "--anchor must be >= 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["fit", "eval"])
+def test_cli_refuses_snap_weights_outside_0_1_before_loading_models(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--source", "no-such-model", "--target", "no-such-model"] if command == "fit" else ["--maps", "none"]
+    with pytest.raises(SystemExit):
+        main([command, *args, "--snap", "0,2"])
+    assert "--snap takes comma-separated weights in [0, 1] (e.g. 0,0.5,1), got '0,2'" in capsys.readouterr().err
+
+
 def test_cli_refuses_an_ema_outside_0_1_before_loading_models(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["fit", "--source", "no-such-model", "--target", "no-such-model", "--ema", "1"])
@@ -263,8 +273,10 @@ def test_cli_trains_distill_maps_ranks_by_proxy_and_reports_curves(tiny_dirs: di
     trained = [e for e in manifest["maps"] if e["method"] == "distill"]
     # Trained: the best start into the embeddings (layer 0) and the best into a deeper layer (1 or 2), by proxy KL.
     assert sorted(e["target_layer"] == 0 for e in trained) == [False, True]
-    starts = {
-        (e["source_layer"], e["target_layer"]): e["metrics"]["kl"] for e in manifest["maps"] if e["method"] == "linear"
+    starts = {  # training starts from the map as fitted: ranked by its KL without a snap
+        (e["source_layer"], e["target_layer"]): e["metrics"].get("kl_no_snap", e["metrics"]["kl"])
+        for e in manifest["maps"]
+        if e["method"] == "linear"
     }
     for e in trained:
         rivals = [kl for (ls, lt), kl in starts.items() if (lt == 0) == (e["target_layer"] == 0)]
@@ -274,6 +286,15 @@ def test_cli_trains_distill_maps_ranks_by_proxy_and_reports_curves(tiny_dirs: di
     assert (out / "learning-curves.png").stat().st_size > 0
     aligner, meta = load(out / trained[0]["path"])
     assert aligner.kind == "distill" and meta["train"]["steps"] >= 1 and "init_kl" in meta["metrics"]
+    # Maps into the embeddings carry the snap weight with the lowest proxy KL among the candidates (0 among them:
+    # never worse than none); the runtime reads it from the file.
+    for e in manifest["maps"]:
+        if e["target_layer"] != 0 or e.get("helper"):
+            assert "snap" not in e["metrics"]
+            continue
+        m = e["metrics"]
+        assert m["snap"] in (0.0, 0.25, 0.5, 0.75, 1.0) and m["kl"] <= m["kl_no_snap"]
+        assert load(out / e["path"])[0].fit_info["snap"] == m["snap"]
     with pytest.raises(SystemExit):
         main([*args, "--train-batch", "0"])
 
@@ -322,6 +343,7 @@ def test_maps_from_concatenated_source_layers_fit_train_evaluate_and_serve(
     response = state.translate(req, resolved)
     assert response.source_layer == 2 and response.source_layers == want
     assert response.shape[1] == 128
+    assert response.snap == best["metrics"]["snap"]  # the fitted map's pull toward Gemma's rows, applied by /translate
 
 
 def test_native_answers_are_cached_per_target_and_items(tiny: dict[str, LoadedModel], tmp_path: Path) -> None:

@@ -1,0 +1,64 @@
+"""The pull of mapped states toward the target's vocabulary (``service.runtime.snap``): planted rows must be found
+again, and a noisy identity map snapped all the way must hand a model exactly what it reads natively."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aligners import build
+from service.runtime.generate import SamplingParams, generate
+from service.runtime.handover import LayerMap, prepare
+from service.runtime.loading import LoadedModel
+from service.runtime.snap import nearest_rows, toward_vocabulary
+
+TEXT = "the old mill of Varn was built in 1874 by Quill Halvard"
+SUFFIX = " question: who built the mill? answer:"
+
+
+def table(m: LoadedModel) -> torch.Tensor:
+    """Every embedding row as the model reads it (its own embedding module, scale included)."""
+    return m.stack.embed(torch.arange(m.stack.embed_tokens.weight.shape[0])[None])[0].float()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])  # Gemma 3 scales its table rows by sqrt(d)
+def test_snapping_finds_planted_rows_and_moves_the_given_share_of_the_way(
+    tiny: dict[str, LoadedModel], arch: str
+) -> None:
+    m = tiny[arch]
+    rows = table(m)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, len(rows), (40,), generator=g)
+    noise = torch.randn(40, rows.shape[1], generator=g)
+    # Noise well inside half the distance to the next row: the planted row stays the nearest.
+    gap = torch.cdist(rows[ids], rows).topk(2, largest=False).values[:, 1].min()
+    states = rows[ids] + noise / noise.norm(dim=1, keepdim=True) * 0.2 * gap
+    assert torch.equal(nearest_rows(m, states).cpu(), ids)
+    assert torch.equal(toward_vocabulary(m, states, 0.0), states)
+    torch.testing.assert_close(toward_vocabulary(m, states, 1.0), rows[ids])
+    torch.testing.assert_close(toward_vocabulary(m, states, 0.25), states + 0.25 * (rows[ids] - states))
+    far = torch.randn(16, rows.shape[1], generator=g) * rows.norm(dim=1).mean()  # nowhere near any row
+    assert torch.equal(nearest_rows(m, far).cpu(), torch.cdist(far, rows).argmin(1))
+    with pytest.raises(ValueError, match=r"in \[0, 1\], got 1.5"):
+        toward_vocabulary(m, states, 1.5)
+
+
+def test_a_noisy_identity_map_snapped_all_the_way_reproduces_native_generation(tiny: dict[str, LoadedModel]) -> None:
+    m = tiny["gemma3"]
+    d = m.hidden_size
+    g = torch.Generator().manual_seed(1)
+    aligner = build("linear")
+    aligner.set_state({"weight": torch.eye(d) + 0.02 * torch.randn(d, d, generator=g)}, d, d)
+    params = SamplingParams(max_new_tokens=8)
+    native = generate(m, [prepare(m, m, TEXT, SUFFIX, "native", []).prompt], params)[0]
+    noisy = LayerMap(0, 0, aligner)
+    assert noisy.snap == 0.0  # a map fitted without a snap weight keeps its states
+    as_mapped = prepare(m, m, TEXT, SUFFIX, "embeds", [noisy]).prompt
+    assert as_mapped.states is not None and not torch.equal(as_mapped.states, table(m)[m.tokenize(TEXT)[0]])
+    aligner.fit_info["snap"] = 1.0  # as `fit` records the chosen weight
+    snapped = prepare(m, m, TEXT, SUFFIX, "embeds", [LayerMap(0, 0, aligner)]).prompt
+    assert snapped.states is not None
+    assert torch.equal(snapped.states.float(), table(m)[m.tokenize(TEXT)[0]])
+    assert generate(m, [snapped], params)[0].token_ids == native.token_ids
+    # The snap belongs to maps into the input embeddings; an override (as `eval --snap`) replaces the map's own.
+    assert LayerMap(0, 2, aligner).snap == 0.0 and LayerMap(0, 0, aligner, snap_weight=0.5).snap == 0.5

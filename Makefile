@@ -45,6 +45,8 @@ models: $(VENV)/.models
 ## Gemma 3's embeddings, into the embeddings, 10 min (`embeds`; about 20 min). Each mode's maps are exported from the
 ## run that serves it (`export --modes`; proxy KLs of different runs are on different held-out probes, so they are
 ## not compared); the manifest keeps the last run's calibration record (each map's own metadata names its data).
+## Every map into layer 0 keeps the snap weight toward the target's vocabulary with the lowest proxy KL (`fit`'s
+## default `--snap` candidates).
 ## WORK keeps the full stores.
 WORK ?= /tmp/interlingua-default-maps
 FIT := $(PY) -m calibrate fit --data builtin:fictional-qa,builtin:python-docs --samples 1000 --directions forward

@@ -27,7 +27,15 @@ from calibrate.data import DataError, Item, read_items, shares, split_items
 from calibrate.distill import Through, TrainConfig
 from calibrate.fictional import BUILTINS
 from calibrate.fit import METHODS, PAIRINGS, TRAINED, Group, Side, layer_pairs, split_passages, sweep
-from calibrate.layers import SNAP_DEFAULT, check_range, parse_layer_groups, parse_layers, parse_snaps
+from calibrate.layers import (
+    AUTO,
+    SNAP_DEFAULT,
+    check_range,
+    parse_layer_groups,
+    parse_layers,
+    parse_snaps,
+    parse_train_snap,
+)
 from calibrate.probes import PROBE_KINDS, make_probes
 from service.runtime.loading import LoadedModel, ModelSpecError, cache_home, load_model
 from service.runtime.modes import HANDOVER_MODES, get_mode, parse_handover_modes
@@ -136,6 +144,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             args.train_top,
             args.pairing,
             snaps,
+            parse_train_snap(args.train_snap),
         ):
             rows.append(
                 {
@@ -496,6 +505,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep, score and write a moving average of the trained map instead of its last step: after every step "
         "average = ema x average + (1 - ema) x map, starting at the least-squares map; in [0, 1) (default 0: none)",
     )
+    train.add_argument(
+        "--train-snap",
+        default="0",
+        help="train maps into the target's input embeddings as they are served with this snap weight (their outputs "
+        "moved that share of the way to the target's nearest embedding rows, searched among the rows of the "
+        f"calibration text's tokens while training); '{AUTO}' = the --snap candidate the proxy chooses for the map's "
+        "least-squares start; a weight in [0, 1), 0 = trained as mapped (default 0)",
+    )
     model_options(fit)
     fit.set_defaults(func=cmd_fit)
 
@@ -607,11 +624,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} must be >= 0")
     if not 0 <= getattr(args, "ema", 0) < 1:
         parser.error("--ema must be in [0, 1) (0 = no averaging)")
-    if getattr(args, "snap", None) is not None:
-        try:
+    try:
+        if getattr(args, "snap", None) is not None:
             parse_snaps(args.snap, "--snap")
-        except ValueError as err:
-            parser.error(str(err))
+        if getattr(args, "train_snap", None) is not None:
+            parse_train_snap(args.train_snap)
+    except ValueError as err:
+        parser.error(str(err))
     try:
         return int(args.func(args))
     except (DataError, ModelSpecError, MapFileError, ValueError, LookupError) as err:

@@ -13,7 +13,11 @@ Student logits are computed only at probe positions (a 262k-token head dominates
 are frozen (``frozen``) and never change. Adam (step sizes relative to each parameter's scale: ``step_sizes``),
 seeded shuffles, held-out KL every ``eval_every`` steps, early stopping with the best held-out state kept, a
 wall-clock budget. With ``ema`` > 0 the map that is scored, kept and installed is an exponential moving average of
-the trained parameters (started at the least-squares map, updated after every step with weight 1 − ema).
+the trained parameters (started at the least-squares map, updated after every step with weight 1 − ema). With
+``snap`` > 0 (``Through.train``) a map into the target's input embeddings is trained (and early-stopped) as it will
+be served with that snap weight: its outputs move ``snap`` of the way to their nearest embedding rows
+(``toward_vocabulary``), searched among the rows of the tokens the target cuts the calibration text into (a cheap
+stand-in for the whole table, which `fit` then uses to choose the served weight).
 """
 
 from __future__ import annotations
@@ -283,6 +287,11 @@ class Through:
         kls = {w: kl0 if w == 0.0 else self.score(aligner, encoded, ls, 0, w) for w in weights}
         return min(kls, key=lambda w: (kls[w], w)), kls
 
+    def vocabulary(self) -> torch.Tensor:
+        """The token ids the target cuts the calibration texts into (sorted, unique)."""
+        ids = {i for text in self.texts for i in self.target.tokenize(text)[0]}
+        return torch.tensor(sorted(ids), dtype=torch.long)
+
     def _held_kl(self, map_fn: Any, encoded: list[Encoded], ls: int | tuple[int, ...], lt: int) -> float:
         step = max(1, self.config.batch_size * 2)
         kls = [
@@ -295,12 +304,29 @@ class Through:
         return sum(k * n for k, n in kls) / max(1, sum(n for _, n in kls))
 
     def train(
-        self, aligner: Distill, encoded: list[Encoded], ls: int | tuple[int, ...], lt: int, label: str = ""
+        self,
+        aligner: Distill,
+        encoded: list[Encoded],
+        ls: int | tuple[int, ...],
+        lt: int,
+        label: str = "",
+        snap: float = 0.0,
     ) -> dict[str, Any]:
-        """Train ``aligner`` (already fitted: its least-squares init) through the target; installs the best held-out
-        state and returns the learning curve and timings."""
+        """Train ``aligner`` (already fitted: its least-squares init) through the target, for a map into layer 0 as
+        served with the snap weight ``snap``; installs the best held-out state and returns the learning curve and
+        timings (``heldout_kl`` with that snap)."""
+        if not 0 <= snap < 1:
+            raise ValueError(f"a snap weight to train through must be in [0, 1) (at 1 no gradient passes), got {snap}")
         cfg = self.config
         module: MapModule = aligner.module().to(self.target.stack.device)
+        weight = snap if lt == 0 else 0.0
+        candidates = self.vocabulary() if weight else None
+
+        def served(m: MapModule) -> Any:  # the map as the target will read it
+            if not weight:
+                return m
+            return lambda x: toward_vocabulary(self.target, m(x), weight, candidates)
+
         passages = sorted({self.probes[i].passage for i in self.train_idx})[:16]  # the training probes' passages
         sample = torch.cat([encoded[i].at(ls) for i in passages]).to(module.weight.device)
         optimizer = make_optimizer(module, sample, cfg)
@@ -312,7 +338,7 @@ class Through:
         started = time.perf_counter()
         scored = copy.deepcopy(module) if cfg.ema else module  # the map that is scored, kept and installed
         with frozen(self.target.model):
-            best = self._held_kl(scored, encoded, ls, lt)
+            best = self._held_kl(served(scored), encoded, ls, lt)
             curve.append({"step": 0, "heldout_kl": best, "train_kl": float("nan"), "seconds": 0.0})
             best_state = scored.tensors()
             stale, step = 0, 0
@@ -324,7 +350,7 @@ class Through:
                     order = list(self.train_idx)
                     rng.shuffle(order)
                 batch, order = order[: cfg.batch_size], order[cfg.batch_size :]
-                loss, kl = self.loss(module, encoded, ls, lt, batch, grad=True)
+                loss, kl = self.loss(served(module), encoded, ls, lt, batch, grad=True)
                 if cfg.anchor:
                     loss = loss + cfg.anchor * (module.weight - w0).square().sum() / w0_norm
                 optimizer.zero_grad(set_to_none=True)
@@ -339,7 +365,7 @@ class Through:
                 bar.update(1)
                 out_of_time = time.perf_counter() - started > cfg.max_minutes * 60
                 if step % cfg.eval_every == 0 or step == max_steps or out_of_time:
-                    held = self._held_kl(scored, encoded, ls, lt)
+                    held = self._held_kl(served(scored), encoded, ls, lt)
                     train_kl = sum(running) / len(running)
                     running = []
                     curve.append(
@@ -362,6 +388,12 @@ class Through:
         best_step = min(curve, key=lambda c: c["heldout_kl"])["step"]
         aligner.set_module(
             MapModule.from_tensors(best_state, aligner.hidden),
-            {"train_steps": float(step), "best_step": float(best_step), "heldout_kl": best, "train_seconds": seconds},
+            {
+                "train_steps": float(step),
+                "best_step": float(best_step),
+                "heldout_kl": best,
+                "train_seconds": seconds,
+                "train_snap": weight,
+            },
         )
         return {"curve": curve, "steps": step, "best_step": best_step, "heldout_kl": best, "seconds": seconds}

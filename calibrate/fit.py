@@ -18,6 +18,7 @@ from tqdm import tqdm
 from aligners import Aligner, Distill, build, metrics
 from aligners.store import MapKey, MapStore, layers_name, matching_layer
 from calibrate.distill import Through
+from calibrate.layers import AUTO
 from service.runtime.encode import Encoded
 from service.runtime.loading import LoadedModel
 from service.runtime.pairing import pair_indices, piece_pairs
@@ -144,6 +145,22 @@ def set_snap(
     scores["snap"] = weight
 
 
+def train_weight(
+    train_snap: float | str,
+    through: Through,
+    init: Aligner,
+    encoded: list[Encoded],
+    ls: int | Group,
+    snaps: tuple[float, ...],
+    init_kl: float,
+) -> float:
+    """The snap weight a map into layer 0 is trained through: ``train_snap``, or with ``AUTO`` the weight among
+    ``snaps`` with the lowest proxy KL for its least-squares start ``init`` (whose own KL is ``init_kl``); below 1."""
+    weight = through.choose_snap(init, encoded, ls, list(snaps), init_kl)[0] if train_snap == AUTO else train_snap
+    assert isinstance(weight, float)
+    return weight if weight < 1 else 0.0
+
+
 def _meta(
     src: Side, tgt: Side, metadata: dict[str, Any], x: torch.Tensor, xh: torch.Tensor, n_fit: int
 ) -> dict[str, Any]:
@@ -172,6 +189,7 @@ def sweep(
     train_top: int = 1,
     pairing: str = "end",
     snaps: tuple[float, ...] = (0.0,),
+    train_snap: float | str = 0.0,
 ) -> list[FitResult]:
     """Fit and save every method for every layer pair of one direction.
 
@@ -181,6 +199,8 @@ def sweep(
     of entering it: into its input embeddings (layer 0, the ``embeds`` mode) and into a deeper layer (``replace``).
     ``helpers`` are the per-layer pairs only the ``full`` mode needs: fitted, never trained. Every map into layer 0
     gets the snap weight among ``snaps`` with the lowest proxy KL (``choose_snap``; the first without a proxy).
+    A trained map into layer 0 is trained as served with the snap weight ``train_snap`` (``AUTO``: the weight chosen
+    for its least-squares start; a weight of 1 trains it unsnapped, since no gradient passes a full snap).
     """
     fit_idx, held_idx = split_passages(len(src.encoded), seed)
     helpers = helpers or set()
@@ -239,10 +259,14 @@ def sweep(
             aligner = inits.pop((ls, lt)) if same else make_aligner(method, seed).fit(x, y)
             assert isinstance(aligner, Distill)  # every trained method is a distill map
             label = f"{src.name}->{tgt.name} L{layers_name(ls)}->L{lt}"
-            report = through.train(aligner, src.encoded, ls, lt, label=label)
+            weight = 0.0
+            if lt == 0:
+                weight = train_weight(train_snap, through, aligner, src.encoded, ls, snaps, init_kl[(ls, lt)])
+            report = through.train(aligner, src.encoded, ls, lt, label=label, snap=weight)
             seconds = time.perf_counter() - start
             scores = metrics.evaluate(aligner.transform(xh), yh, target_mean=y.mean(dim=0)) if len(xh) > 1 else {}
-            scores["kl"] = report["heldout_kl"]
+            # Trained through a snap, its own held-out KL (without one) is scored apart.
+            scores["kl"] = through.score(aligner, src.encoded, ls, lt) if weight else report["heldout_kl"]
             scores["init_kl"] = init_kl[(ls, lt)]
             set_snap(aligner, scores, through, src.encoded, ls, lt, snaps)
             key = MapKey.of(src.name, tgt.name, ls, lt, method)

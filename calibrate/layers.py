@@ -66,3 +66,20 @@ def parse_snaps(text: str, flag: str) -> tuple[float, ...]:
     if not weights or any(not 0.0 <= w <= 1.0 for w in weights):
         raise ValueError(f"{flag} takes comma-separated weights in [0, 1] (e.g. 0,0.5,1), got {text!r}")
     return weights
+
+
+# ``fit --train-snap`` value: train through the snap weight chosen for the map's least-squares start.
+AUTO = "auto"
+
+
+def parse_train_snap(text: str) -> float | str:
+    """``auto`` or one snap weight in [0, 1) to train maps into layer 0 through."""
+    if text.strip() == AUTO:
+        return AUTO
+    try:
+        weight = float(text)
+    except ValueError:
+        weight = -1.0
+    if not 0.0 <= weight < 1.0:
+        raise ValueError(f"--train-snap takes {AUTO!r} or a weight in [0, 1) (at 1 no gradient passes), got {text!r}")
+    return weight

@@ -25,27 +25,35 @@ def embedding_scale(target: LoadedModel) -> float:
 
 
 @torch.no_grad()
-def nearest_rows(target: LoadedModel, states: torch.Tensor) -> torch.Tensor:
-    """The index of the nearest (Euclidean) row of the target's input-embedding table to each state (n, d)."""
+def nearest_rows(target: LoadedModel, states: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+    """The index of the nearest (Euclidean) row of the target's input-embedding table to each state (n, d); with
+    ``candidates`` (token ids), the nearest among those rows only."""
     weight = target.stack.embed_tokens.weight
+    if candidates is not None:
+        weight = weight[candidates.to(weight.device)]
     scale = embedding_scale(target)
     # ‖y − s·w‖² = ‖y‖² − 2s·y·w + s²‖w‖²: the first term does not change the argmin.
     norms = torch.linalg.vector_norm(weight, dim=1, dtype=torch.float32) ** 2 * scale**2
     out = []
     for start in range(0, len(states), _CHUNK):
-        y = states[start : start + _CHUNK].to(device=weight.device, dtype=weight.dtype)
+        y = states[start : start + _CHUNK].detach().to(device=weight.device, dtype=weight.dtype)
         scores = norms - 2 * scale * (y @ weight.T).float()
         out.append(scores.argmin(dim=1))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=weight.device)
+    found = torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=weight.device)
+    return found if candidates is None else candidates.to(found.device)[found]
 
 
-@torch.no_grad()
-def toward_vocabulary(target: LoadedModel, states: torch.Tensor, weight: float) -> torch.Tensor:
-    """``states`` (n, d) moved ``weight`` of the way to their nearest rows of the target's input-embedding table, in
-    the states' dtype and device; ``weight`` 0 returns them unchanged."""
+def toward_vocabulary(
+    target: LoadedModel, states: torch.Tensor, weight: float, candidates: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``states`` (n, d) moved ``weight`` of the way to their nearest rows of the target's input-embedding table (among
+    ``candidates`` only, when given), in the states' dtype and device; ``weight`` 0 returns them unchanged. The rows
+    are constants: a gradient reaches ``states`` scaled by 1 − ``weight``."""
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"a snap weight is a share of the way to the nearest embedding row, in [0, 1], got {weight}")
     if weight == 0.0 or len(states) == 0:
         return states
-    rows = target.stack.embed(nearest_rows(target, states)[None])[0].to(device=states.device, dtype=states.dtype)
+    with torch.no_grad():
+        ids = nearest_rows(target, states, candidates)
+        rows = target.stack.embed(ids[None])[0].to(device=states.device, dtype=states.dtype)
     return torch.lerp(states, rows, weight)  # exact at 1: the rows themselves

@@ -17,6 +17,7 @@ from calibrate.distill import Through, TrainConfig, make_optimizer, topk_kl
 from calibrate.probes import make_probes, sentence_cut
 from service.runtime.encode import Encoded, encode
 from service.runtime.loading import LoadedModel, fingerprint, start_token
+from service.runtime.snap import toward_vocabulary
 from tests.tiny import corpus, make_model, make_tokenizer, rotated_copy
 
 
@@ -83,6 +84,17 @@ def test_cli_refuses_snap_weights_outside_0_1_before_loading_models(
     with pytest.raises(SystemExit):
         main([command, *args, "--snap", "0,2"])
     assert "--snap takes comma-separated weights in [0, 1] (e.g. 0,0.5,1), got '0,2'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["1", "-0.1", "half"])
+def test_cli_refuses_a_train_snap_outside_0_1_before_loading_models(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--source", "no-such-model", "--target", "no-such-model", "--train-snap", value])
+    assert f"--train-snap takes 'auto' or a weight in [0, 1) (at 1 no gradient passes), got '{value}'" in (
+        capsys.readouterr().err
+    )
 
 
 def test_cli_refuses_an_ema_outside_0_1_before_loading_models(capsys: pytest.CaptureFixture[str]) -> None:
@@ -186,6 +198,26 @@ def test_auto_step_sizes_train_through_the_target_with_several_probes_per_passag
     assert through.score(aligner, encoded, 2, 0) == pytest.approx(report["heldout_kl"], rel=1e-4)  # saved unscaled
 
 
+def test_training_through_a_snap_trains_and_keeps_the_map_as_served(tiny_setup: tuple) -> None:
+    _, target, encoded, through, init = tiny_setup
+    vocabulary = through.vocabulary()
+    assert vocabulary.tolist() == sorted({i for text in through.texts for i in target.tokenize(text)[0]})
+    snapped, plain = _copy_of(init), _copy_of(init)
+    report = through.train(snapped, encoded, 2, 0, snap=0.5)
+    through.train(plain, encoded, 2, 0)
+    assert report["steps"] > 0 and report["heldout_kl"] <= report["curve"][0]["heldout_kl"]
+    assert snapped.fit_info["train_snap"] == 0.5 and plain.fit_info["train_snap"] == 0.0
+    assert not torch.equal(snapped.module().weight, plain.module().weight)  # the snap changed what was learnt
+
+    def as_served(x: torch.Tensor) -> torch.Tensor:
+        return toward_vocabulary(target, snapped.transform(x), 0.5, vocabulary)
+
+    # The kept held-out KL is the installed map's as served with the snap it was trained through.
+    assert through._held_kl(as_served, encoded, 2, 0) == pytest.approx(report["heldout_kl"], rel=1e-4)
+    with pytest.raises(ValueError, match=r"in \[0, 1\) \(at 1 no gradient passes\), got 1.0"):
+        through.train(_copy_of(init), encoded, 2, 0, snap=1.0)
+
+
 def test_anchor_keeps_the_trained_map_nearer_its_least_squares_start(tiny_setup: tuple) -> None:
     _, _, encoded, through, init = tiny_setup
     moved = {}
@@ -268,7 +300,7 @@ def test_cli_trains_distill_maps_ranks_by_proxy_and_reports_curves(tiny_dirs: di
     args += ["--eval-samples", "8", "--layers", "1-2", "--target-layers", "0,1,2", "--methods", "linear,distill"]
     args += ["--directions", "forward", "--out", str(out), "--cache", str(tmp_path / "cache"), "--train-epochs", "1"]
     args += ["--sampled", "0"]
-    assert main([*args, "--proxy-probes", "8"]) == 0
+    assert main([*args, "--proxy-probes", "8", "--train-snap", "auto"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     trained = [e for e in manifest["maps"] if e["method"] == "distill"]
     # Trained: the best start into the embeddings (layer 0) and the best into a deeper layer (1 or 2), by proxy KL.
@@ -295,6 +327,14 @@ def test_cli_trains_distill_maps_ranks_by_proxy_and_reports_curves(tiny_dirs: di
         m = e["metrics"]
         assert m["snap"] in (0.0, 0.25, 0.5, 0.75, 1.0) and m["kl"] <= m["kl_no_snap"]
         assert load(out / e["path"])[0].fit_info["snap"] == m["snap"]
+    # Trained into the embeddings through the snap its least-squares start chose (below 1: else unsnapped).
+    (into_embeddings,) = [e for e in trained if e["target_layer"] == 0]
+    start = next(
+        e["metrics"]["snap"]
+        for e in manifest["maps"]
+        if e["method"] == "linear" and (e["source_layer"], e["target_layer"]) == (into_embeddings["source_layer"], 0)
+    )
+    assert load(out / into_embeddings["path"])[0].fit_info["train_snap"] == (start if start < 1 else 0.0)
     with pytest.raises(SystemExit):
         main([*args, "--train-batch", "0"])
 

@@ -43,6 +43,25 @@ def test_snapping_finds_planted_rows_and_moves_the_given_share_of_the_way(
         toward_vocabulary(m, states, 1.5)
 
 
+def test_a_snap_among_given_rows_finds_the_nearest_of_them_and_passes_scaled_gradients(
+    tiny: dict[str, LoadedModel],
+) -> None:
+    m = tiny["gemma3"]
+    rows = table(m)
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randperm(len(rows) - 3, generator=g)[:12] + 3
+    states = rows[ids] + 0.01 * torch.randn(12, rows.shape[1], generator=g)
+    others = torch.tensor([i for i in range(3, len(rows)) if i not in set(ids.tolist())][:20])
+    with_planted = torch.cat([others, ids])
+    assert torch.equal(nearest_rows(m, states, with_planted).cpu(), ids)  # the planted rows are among the candidates
+    # Without them: the nearest of the candidates, by an independent distance computation.
+    assert torch.equal(nearest_rows(m, states, others).cpu(), others[torch.cdist(states, rows[others]).argmin(1)])
+    x = states.clone().requires_grad_(True)
+    toward_vocabulary(m, x, 0.25, others).sum().backward()
+    assert x.grad is not None
+    torch.testing.assert_close(x.grad, torch.full_like(x, 0.75))  # the rows are constants: 1 - weight passes
+
+
 def test_a_noisy_identity_map_snapped_all_the_way_reproduces_native_generation(tiny: dict[str, LoadedModel]) -> None:
     m = tiny["gemma3"]
     d = m.hidden_size

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +18,7 @@ from typing import Any, Literal
 import torch
 
 from service.runtime.generate import Completion, SamplingParams, StepEvent, check_prompt
-from service.runtime.loading import LoadedModel, resolve_spec
+from service.runtime.loading import LoadedModel, publish_model_folder, resolve_spec
 from service.runtime.modes import get_mode
 from service.runtime.prompt import Prompt
 
@@ -52,17 +50,15 @@ def engine_folder(folder: str) -> str:
         return folder
     view = path / "vllm-view"
     if not (view / "config.json").is_file():
-        tmp = path / f"vllm-view.tmp{os.getpid()}"
-        tmp.mkdir(exist_ok=True)
-        for item in path.iterdir():
-            if item.is_file() and item.name != "config.json" and not (tmp / item.name).exists():
-                (tmp / item.name).symlink_to(item.resolve())
         config.pop("quantization_config")
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        if view.exists():  # made meanwhile by another process
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, view)
+
+        def link(tmp: Path) -> None:
+            for item in path.iterdir():
+                if item.is_file() and item.name != "config.json":
+                    (tmp / item.name).symlink_to(item.resolve())
+            (tmp / "config.json").write_text(json.dumps(config, indent=2))
+
+        publish_model_folder(view, link)
     return str(view)
 
 

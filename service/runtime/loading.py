@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,12 +193,22 @@ def convert_gguf(path: Path) -> Path:
     model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
-    # A folder of this process's own, renamed into place: another process converting the same file at the same time
-    # (two servers, a server and the tests) finishes one of the two renames, and the other keeps the finished folder.
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(str(folder))
+        tokenizer.save_pretrained(str(folder))
+
+    return publish_model_folder(out, save)
+
+
+def publish_model_folder(out: Path, write: Callable[[Path], None]) -> Path:
+    """Make the model folder ``out`` (one with a ``config.json``) by ``write`` into a temporary folder of this process's
+    own beside it, renamed into place: where another process makes the same folder at the same time (two servers, a
+    server and the tests), one rename wins and the other process keeps the finished folder."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
+    tmp.chmod(0o755)  # as a folder made by mkdir (mkdtemp's are private)
+    write(tmp)
     try:
         os.replace(tmp, out)
     except OSError:

@@ -2,7 +2,7 @@
 
 ``fit(X, Y)`` gives the least-squares map (``init="linear"`` or ``"affine"``), so an untrained ``distill`` map equals
 that map exactly. Its ``module()`` is a trainable ``MapModule`` (the affine map plus, with ``hidden > 0``, a
-zero-initialised residual MLP); training code (``calibrate.distill``) optimises that module through the frozen
+zero-initialised residual MLP); training code (``calibrate.trainer``) optimises that module through the frozen
 target and installs the result with ``set_module``. Without the MLP the fitted map stays affine and applies on the
 shared fast path; with it, ``transform`` runs the module.
 """

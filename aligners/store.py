@@ -13,11 +13,12 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aligners import Aligner, load
 
 MANIFEST = "manifest.json"
+T = TypeVar("T")
 
 
 def matching_layer(layer: int, n_from: int, n_to: int) -> int:
@@ -25,7 +26,18 @@ def matching_layer(layer: int, n_from: int, n_to: int) -> int:
     return min(n_to, max(0, round(layer * n_to / n_from)))
 
 
+# The one ranking rule: for these metrics a lower score is better, for every other (R², F1, ...) a higher one.
 LOWER_IS_BETTER = ("kl", "nll")
+
+
+def rank_key(metric: str, score: float) -> float:
+    """A sort key under which the best score of ``metric`` comes first."""
+    return score if metric in LOWER_IS_BETTER else -score
+
+
+def best_first(metric: str, scored: list[tuple[float, T]]) -> list[tuple[float, T]]:
+    """``(score, thing)`` pairs, best score of ``metric`` first; ties keep their order."""
+    return sorted(scored, key=lambda st: rank_key(metric, st[0]))
 
 
 class MapMismatchError(ValueError):
@@ -180,7 +192,6 @@ class MapStore:
         """Per pair, the map with the best ``metrics[by]`` (or ``eval[by]`` when present) becomes the default: the
         highest, or for ``kl`` the lowest. Helper maps are no candidates; when every candidate scores the same the
         default stays. Returns a line per changed default."""
-        lower = by in LOWER_IS_BETTER
         changes = []
         defaults = self.manifest().get("defaults", {})
         for source, target in sorted({(e["source"], e["target"]) for e in self.entries()}):
@@ -189,10 +200,10 @@ class MapStore:
                 for e in self.entries(source, target)
                 if not e.get("helper")
             ]
-            scored = [(-s if lower else s, e) for s, e in scored if s is not None and s == s]
+            scored = [(s, e) for s, e in scored if s is not None and s == s]
             if not scored or (len({s for s, _ in scored}) == 1 and f"{source}__{target}" in defaults):
                 continue
-            best = max(scored, key=lambda se: se[0])[1]
+            best = best_first(by, scored)[0][1]
             old = defaults.get(f"{source}__{target}", {})
             if not same_map(old, best):
                 key = MapKey.from_entry(best)

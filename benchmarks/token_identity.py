@@ -2,7 +2,7 @@
 
 For each source layer (or several concatenated per token: ``0+2``), a least-squares map (``linear``, ridge chosen on
 a held-out split) is fitted from the source's states to the target's input embeddings of the paired tokens
-(``calibrate.fit.gather``'s pairing) on N calibration passages. Each mapped state is then decoded to the nearest row
+(``calibrate.sweep.gather``'s pairing) on N calibration passages. Each mapped state is then decoded to the nearest row
 of the target's embedding matrix (as the target reads it, scaled); top-1 is the share of paired tokens whose nearest
 row is the very token the target reads there. Measured on held-out items of the calibration source and on passages
 from other sources, side by side in one run. In `embeds` mode a map that gets the tokens wrong cannot hand over
@@ -28,8 +28,8 @@ import torch
 
 from aligners import build
 from calibrate.data import read_items, shares, split_items
-from calibrate.fit import PAIRINGS, Side, gather
 from calibrate.layers import parse_layer_groups
+from calibrate.sweep import PAIRINGS, Side, gather
 from service.runtime.encode import encode
 from service.runtime.loading import LoadedModel, load_model
 
@@ -63,7 +63,7 @@ def paired_ids(src: Side, tgt: Side, pairing: str = "end") -> torch.Tensor:
 
 def grid_qa(src: LoadedModel, tgt: LoadedModel, spec: str, n: int) -> tuple[float, float, float]:
     """(native F1, F1 on the source's grid, share of source tokens that are one target token) on ``n`` QA items."""
-    from calibrate.evaluate import qa_suffix
+    from calibrate.evaluation import qa_suffix
     from calibrate.scoring import f1_score, first_line
     from service.runtime.generate import SamplingParams, generate
     from service.runtime.prompt import Prompt

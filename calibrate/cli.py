@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 import sys
-import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -23,28 +23,16 @@ from aligners import MapFileError, read_header
 from aligners import load as load_map
 from aligners.resolve import choose
 from aligners.store import MapKey, MapNotFoundError, MapStore, same_map
-from calibrate.data import DataError, Item, read_items, shares, split_items
-from calibrate.distill import Through, TrainConfig
+from calibrate.config import ConfigError, EvalConfig, FitConfig, default
+from calibrate.data import DataError
+from calibrate.evaluation import evaluate
 from calibrate.fictional import BUILTINS
-from calibrate.fit import METHODS, PAIRINGS, TRAINED, Group, Side, layer_pairs, split_passages, sweep
-from calibrate.layers import (
-    AUTO,
-    SNAP_DEFAULT,
-    check_range,
-    parse_layer_groups,
-    parse_layers,
-    parse_snaps,
-    parse_train_snap,
-)
-from calibrate.probes import PROBE_KINDS, make_probes
-from service.runtime.loading import LoadedModel, ModelSpecError, cache_home, load_model
+from calibrate.layers import AUTO
+from calibrate.pipeline import fit
+from calibrate.probes import PROBE_KINDS
+from calibrate.sweep import METHODS, PAIRINGS
+from service.runtime.loading import ModelSpecError
 from service.runtime.modes import HANDOVER_MODES, get_mode, parse_handover_modes
-
-# What the measurements favour (docs/results/translation-quality.md): trained maps beat least squares in every mode;
-# affine least squares is level with linear everywhere measured, so only linear (the trained map's start) is fitted.
-DEFAULT_METHODS = ("linear", "distill")
-DEFAULT_PROBES = ("continuation", "repeat", "qa")
-DEFAULT_DATA = "builtin:fictional-qa,builtin:python-docs"  # QA passages and real prose: varied text
 
 
 def _lr(text: str) -> float | None:
@@ -59,220 +47,23 @@ def _lr(text: str) -> float | None:
     return value
 
 
-def model_name(spec: str) -> str:
-    """A short, path-safe name for a model spec: the alias, a folder's or file's name, or a hub id's last part."""
-    name = Path(spec.rstrip("/")).name
-    return name.removesuffix(".gguf").replace("__", "_") or spec
-
-
-def _load(spec: str, args: argparse.Namespace) -> LoadedModel:
-    print(f"loading {spec} ...", file=sys.stderr, flush=True)
-    return load_model(spec, name=model_name(spec), dtype=args.dtype, device=args.device)
+def _config(cls: type[Any], args: argparse.Namespace) -> Any:
+    """The config dataclass from the parsed flags (each flag's dest is the field's name)."""
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from calibrate.extract import extract
-
-    timings: dict[str, float] = {}
-    items = read_items(args.data, seed=args.seed, builtin_size=args.samples + args.eval_samples)
-    calib, held = split_items(items, args.samples, args.eval_samples, args.seed)
-    if len(calib) < args.samples:
-        print(f"note: {args.data} has {len(calib)} calibration passages (asked for {args.samples})", file=sys.stderr)
-    source_layers = parse_layer_groups(args.layers)
-    target_layers = parse_layers(args.target_layers) if args.target_layers else None
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-
-    snaps = parse_snaps(args.snap, "--snap")
-    models = {"a": _load(args.source, args), "b": _load(args.target, args)}
-    directions = [("a", "b")] + ([("b", "a")] if args.directions == "both" else [])
-    plans: list[tuple[str, str, list[tuple[Group, int]], set[tuple[Group, int]]]] = []
-    needed: dict[str, set[int]] = {"a": set(), "b": set()}
-    for s, t in directions:
-        src, tgt = models[s], models[t]
-        check_range(sorted({x for g in source_layers for x in g}), src.n_layers, src.name, "--layers")
-        if target_layers is not None:
-            check_range(target_layers, tgt.n_layers, tgt.name, "--target-layers", allow_last=False)
-        main = layer_pairs(source_layers, target_layers, src.n_layers, tgt.n_layers, False)
-        pairs = layer_pairs(source_layers, target_layers, src.n_layers, tgt.n_layers, args.full)
-        below = tgt.n_layers - 1  # injection layers stop below N
-        main = [(ls, min(lt, below)) for ls, lt in main]
-        pairs = [(ls, min(lt, below)) for ls, lt in pairs]
-        plans.append((s, t, pairs, set(pairs) - set(main)))
-        needed[s].update(x for ls, _ in pairs for x in ls)
-        needed[t].update(lt for _, lt in pairs)
-    if args.sampled:  # after every check of the arguments: sampling takes a while
-        calib = calib + _from_models(list(models.values()), args.sampled, "sampled", args, timings)
-    if args.vocab:
-        calib = calib + _from_models(list(models.values()), args.vocab, "vocabulary", args, timings)
-    calib = _within_positions(calib, list(models.values()), margin=args.probe_tokens + 16)
-
-    texts = [it.context for it in calib]
-    encoded = {}
-    for side, model in models.items():
-        start = time.perf_counter()
-        encoded[side] = extract(model, texts, sorted(needed[side]), Path(args.cache))
-        timings[f"extract {model.name}"] = time.perf_counter() - start
-
-    store = MapStore(args.out)
-    metadata = {
-        "data": args.data,
-        "sampled": args.sampled,
-        "vocab": args.vocab,
-        "pairing": args.pairing,
-        "seed": args.seed,
-        "n_passages": len(calib),
-        "format": "interlingua.map",
-    }
-    rows: list[dict[str, Any]] = []
-    curves: dict[str, list[dict[str, float]]] = {}
-    trains_through = args.proxy_probes > 0 or any(m in TRAINED for m in methods)
-    for s, t, pairs, helpers in plans:
-        sides = Side(models[s].name, models[s], encoded[s]), Side(models[t].name, models[t], encoded[t])
-        through = _through(models[t], calib, args, timings) if trains_through else None
-        for result in sweep(
-            *sides,
-            pairs,
-            methods,
-            store,
-            metadata,
-            args.seed,
-            through,
-            helpers,
-            args.train_top,
-            args.pairing,
-            snaps,
-            parse_train_snap(args.train_snap),
-        ):
-            rows.append(
-                {
-                    **result.key.as_dict(),
-                    **result.metrics,
-                    "fit_seconds": result.fit_seconds,
-                    "n_pairs_fit": result.n_fit,
-                    "n_pairs_heldout": result.n_heldout,
-                }
-            )
-            if "curve" in result.extra:
-                k = result.key
-                curves[f"{k.source}->{k.target} {k.layers_label} {k.method}"] = result.extra["curve"]
-            timings[f"fit {result.key.method}"] = timings.get(f"fit {result.key.method}", 0.0) + result.fit_seconds
-            if "proxy_seconds" in result.extra:
-                timings["proxy KL scoring"] = timings.get("proxy KL scoring", 0.0) + result.extra["proxy_seconds"]
-
-    manifest = store.manifest()
-    manifest["calibration"] = {
-        "data": args.data,
-        "sampled": args.sampled,
-        "vocab": args.vocab,
-        "seed": args.seed,
-        "samples": args.samples,
-        "eval_samples": args.eval_samples,
-        "n_passages": len(calib),
-        "n_heldout_items": len(held),
-        "models": {
-            m.name: {"spec": m.spec, "fingerprint": m.fingerprint, "n_layers": m.n_layers} for m in models.values()
-        },
-    }
-    store.write_manifest(manifest)
-    for change in store.choose_defaults(by="kl" if trains_through else "r2"):
+    result = fit(_config(FitConfig, args))
+    for change in result.defaults:
         print(change, file=sys.stderr)
-    report = {"rows": rows, "timings_s": timings, "calibration": manifest["calibration"], "curves": curves}
-    (store.root / "fit-report.json").write_text(json.dumps(report, indent=1))
-    from calibrate.report import fit_markdown, learning_curves
-
-    if curves:
-        learning_curves(curves, store.root / "learning-curves.png")
-    (store.root / "fit-report.md").write_text(fit_markdown(rows, timings))
-    print(fit_markdown(rows, timings))
-    print(f"wrote {len(rows)} maps and {store.manifest_path}")
+    print(result.markdown())
+    print(f"wrote {len(result.rows)} maps and {result.store / 'manifest.json'}")
     return 0
 
 
-def _from_models(
-    models: list[LoadedModel], n: int, kind: str, args: argparse.Namespace, timings: dict[str, float]
-) -> list[Item]:
-    """``n`` passages the models make themselves, split between them: ``sampled`` (written by each model,
-    ``calibrate.sampled``) or ``vocabulary`` (words of each model's vocabulary, ``calibrate.vocab``)."""
-    from calibrate.sampled import sample_passages
-    from calibrate.vocab import vocabulary_passages
-
-    start = time.perf_counter()
-    out: list[Item] = []
-    for model, share in zip(models, shares(n, len(models)), strict=True):
-        if kind == "sampled":
-            kept = sample_passages(model, share, args.seed, Path(args.cache))
-        else:
-            kept = vocabulary_passages(model, share, args.seed)
-        print(f"{model.name}: {len(kept)} of {share} {kind} passages kept", file=sys.stderr)
-        out.extend(kept)
-    timings[f"{kind} passages"] = time.perf_counter() - start
-    return out
-
-
-def _within_positions(items: list[Item], models: list[LoadedModel], margin: int) -> list[Item]:
-    """The passages every model can read with ``margin`` positions to spare (probes read after them); says how many
-    were skipped."""
-    kept = [
-        it
-        for it in items
-        if all(
-            m.max_positions is None or 1 + len(m.tokenize(it.context)[0]) + margin <= m.max_positions for m in models
-        )
-    ]
-    if len(kept) < len(items):
-        limits = ", ".join(f"{m.name} {m.max_positions}" for m in models)
-        print(
-            f"note: skipped {len(items) - len(kept)} passages longer than the models' positions ({limits})",
-            file=sys.stderr,
-        )
-    if not kept:
-        raise ValueError("no calibration passage fits the models' positions")
-    return kept
-
-
-def _through(target: LoadedModel, calib: list[Item], args: argparse.Namespace, timings: dict[str, float]) -> Through:
-    """Probes on the calibration passages and the target's own behaviour on them (see ``calibrate.distill``)."""
-    start = time.perf_counter()
-    kinds = [k.strip() for k in args.probes.split(",") if k.strip()]
-    probes = make_probes(
-        target,
-        calib,
-        kinds,
-        args.probe_tokens,
-        per_passage=args.probes_per_passage,
-        seed=args.seed,
-        cache=Path(args.cache),
-    )
-    timings[f"probes {target.name}"] = time.perf_counter() - start
-    config = TrainConfig(
-        lr=args.lr,
-        batch_size=args.train_batch,
-        max_epochs=args.train_epochs,
-        max_minutes=args.train_minutes,
-        anchor=args.anchor,
-        ema=args.ema,
-        heldout_probes=max(1, args.proxy_probes),
-        seed=args.seed,
-    )
-    _, held = split_passages(len(calib), args.seed)
-    start = time.perf_counter()
-    through = Through.build(target, [it.context for it in calib], probes, set(held), config, Path(args.cache))
-    timings[f"teacher {target.name}"] = time.perf_counter() - start
-    print(
-        f"{target.name}: {len(probes)} probes ({', '.join(kinds)}), {len(through.train_idx)} for training, "
-        f"{len(through.held_idx)} held out",
-        file=sys.stderr,
-    )
-    return through
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
-    from calibrate.evaluate import run_eval
-
-    return run_eval(args)
+    print(evaluate(_config(EvalConfig, args)).markdown())
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -348,6 +139,19 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _d(config: type, name: str) -> Any:
+    """An option's default as the CLI shows and parses it: lists comma-separated, numbers as they read."""
+    value = default(config, name)
+    if isinstance(value, tuple):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return str(value) if isinstance(value, os.PathLike) else value
+
+
+def _option(parser: Any, config: type, flag: str, **kwargs: Any) -> None:
+    """A flag whose destination is the config field of the same name and whose default is that field's."""
+    parser.add_argument(flag, default=_d(config, flag[2:].replace("-", "_")), **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="interlingua-calibrate",
@@ -358,14 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-        p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or cuda:N,M (shard); default cpu")
-        p.add_argument(
-            "--cache",
-            default=str(cache_home() / "cache"),
-            help="folder for cached states (default $INTERLINGUA_HOME/cache)",
-        )
-        p.add_argument("--seed", type=int, default=0, help="data split, generator and fitting seed (default 0)")
+        _option(p, FitConfig, "--dtype", choices=["float32", "bfloat16", "float16"])
+        _option(p, FitConfig, "--device", help="cpu, cuda, cuda:N or cuda:N,M (shard); %(default)s")
+        _option(p, FitConfig, "--cache", help="folder for cached states (default $INTERLINGUA_HOME/cache)")
+        _option(p, FitConfig, "--seed", type=int, help="data split, generator and fitting seed (default %(default)s)")
 
     fit = sub.add_parser(
         "fit",
@@ -377,141 +177,158 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--source", required=True, help="model A: smollm2, gemma3, a folder, a .gguf file or a hub id")
     fit.add_argument("--target", required=True, help="model B (same forms as --source)")
-    fit.add_argument(
+    _option(
+        fit,
+        FitConfig,
         "--data",
-        default=DEFAULT_DATA,
         help="SQuAD v1.1/v2.0 JSON, JSONL with context or text, hf:NAME[:SPLIT], or builtin:NAME (NAME: "
-        f"{', '.join(BUILTINS)}); several, comma-separated, are interleaved (default {DEFAULT_DATA})",
+        f"{', '.join(BUILTINS)}); several, comma-separated, are interleaved (default %(default)s)",
     )
-    fit.add_argument("--samples", type=int, default=1000, help="calibration passages (default 1000)")
-    fit.add_argument(
+    _option(fit, FitConfig, "--samples", type=int, help="calibration passages (default %(default)s)")
+    _option(
+        fit,
+        FitConfig,
         "--sampled",
         type=int,
-        default=400,
         help="also calibrate on this many passages the models write themselves (half from each, seeded, cached; "
-        "any pair can make them offline; 0 = none); added to --data's passages (default 400)",
+        "any pair can make them offline; 0 = none); added to --data's passages (default %(default)s)",
     )
-    fit.add_argument(
+    _option(
+        fit,
+        FitConfig,
         "--vocab",
         type=int,
-        default=0,
         help="also calibrate on this many passages of vocabulary words (half from each model's tokenizer, 100 words "
         "each in a seeded order, probed only by repeating them: tokens the other text never shows; measured on the "
         "real pair, no gain; 0 = none; default 0)",
     )
-    fit.add_argument(
-        "--eval-samples", type=int, default=200, help="QA items held out from calibration for `eval` (default 200)"
+    _option(
+        fit,
+        FitConfig,
+        "--eval-samples",
+        type=int,
+        help="QA items held out from calibration for `eval` (default %(default)s)",
     )
-    fit.add_argument(
+    _option(
+        fit,
+        FitConfig,
         "--snap",
-        default=SNAP_DEFAULT,
         help="for maps into the target's input embeddings (layer 0): how far the served states move toward the "
         "target's nearest embedding rows (0 = as mapped, 1 = the row itself); comma-separated candidates, the one "
-        f"with the lowest proxy KL is stored with the map (the first without --proxy-probes); default {SNAP_DEFAULT}",
+        "with the lowest proxy KL is stored with the map (the first without --proxy-probes); default %(default)s",
     )
-    fit.add_argument(
+    _option(
+        fit,
+        FitConfig,
         "--pairing",
         choices=PAIRINGS,
-        default="end",
         help="how token states are paired across the tokenizers for maps into the target's input embeddings (layer "
         "0): end = tokens whose spans end at the same character (as for every deeper target layer); span = each "
         "source token with the target's own token for the same characters, where the target reads them as one "
-        "(default end)",
+        "(default %(default)s)",
     )
-    fit.add_argument(
+    _option(
+        fit,
+        FitConfig,
         "--layers",
-        default="2,4,0+2,0+4",
         help="source layers, e.g. 8-16 or 2,4,8; A+B fits one map from layers A and B concatenated per token "
-        "(default 2,4,0+2,0+4: blocks 2 and 4, alone and each beside the source's embeddings; low blocks carry what "
+        "(default %(default)s: blocks 2 and 4, alone and each beside the source's embeddings; low blocks carry what "
         "A read to text of other sources best, the embeddings each token's identity; the proxy KL picks what to train)",
     )
-    fit.add_argument(
+    _option(
+        fit,
+        FitConfig,
         "--target-layers",
-        default=None,
         help="target layers; every pair with --layers is fitted (default: for each source layer, 0 (the input "
         "embeddings: `embeds`) and the layer at the same relative depth; for A+B, at the depth of the deeper one)",
     )
-    fit.add_argument(
-        "--methods",
-        default=",".join(DEFAULT_METHODS),
-        help=f"comma-separated, from {', '.join(METHODS)} (default {','.join(DEFAULT_METHODS)})",
-    )
-    fit.add_argument("--directions", default="both", choices=["both", "forward"])
+    _option(fit, FitConfig, "--methods", help=f"comma-separated, from {', '.join(METHODS)} (default %(default)s)")
+    _option(fit, FitConfig, "--directions", choices=["both", "forward"])
     fit.add_argument("--full", action="store_true", help="also fit the per-layer maps the `full` mode needs")
-    fit.add_argument("--out", default="maps", help="map store folder (default ./maps)")
+    _option(fit, FitConfig, "--out", help="map store folder (default %(default)s)")
     train = fit.add_argument_group(
         "maps trained through the target (distill, distill-mlp) and the label-free ranking of every map"
     )
-    train.add_argument(
+    _option(
+        train,
+        FitConfig,
         "--probes",
-        default=",".join(DEFAULT_PROBES),
         help="what the target reads after a handed-over passage, from "
-        f"{', '.join(PROBE_KINDS)} (default {','.join(DEFAULT_PROBES)}; qa only where items have questions; cloze "
+        f"{', '.join(PROBE_KINDS)} (default %(default)s; qa only where items have questions; cloze "
         "asks which word fills a blank in a quote of any passage)",
     )
-    train.add_argument("--probe-tokens", type=int, default=32, help="tokens per probe (default 32)")
-    train.add_argument(
+    _option(train, FitConfig, "--probe-tokens", type=int, help="tokens per probe (default %(default)s)")
+    _option(
+        train,
+        FitConfig,
         "--probes-per-passage",
         type=int,
-        default=1,
         help="probes drawn per passage from the kinds that apply (seeded); the teacher costs one target pass per "
-        "probe (default 1)",
+        "probe (default %(default)s)",
     )
-    train.add_argument(
+    _option(
+        train,
+        FitConfig,
         "--proxy-probes",
         type=int,
-        default=48,
         help="held-out probes every map is scored on (KL of the target's next-token distributions against reading "
-        "the text itself; ranks maps and picks defaults); 0 = rank by R² instead (default 48)",
+        "the text itself; ranks maps and picks defaults); 0 = rank by R² instead (default %(default)s)",
     )
-    train.add_argument(
+    _option(
+        train,
+        FitConfig,
         "--train-top",
         type=int,
-        default=1,
         help="layer pairs trained per way of entering the target (into layer 0; into a deeper layer), best proxy "
-        "first (default 1)",
+        "first (default %(default)s)",
     )
-    train.add_argument(
+    _option(
+        train,
+        FitConfig,
         "--lr",
         type=_lr,
-        default=None,
         help="Adam step size: auto (default) = the weight preconditioned by each input dimension's RMS, and steps of "
         "0.015 x each parameter's own scale (a weight's RMS at its least-squares start, for a bias the RMS of the "
         "map's outputs), so that training does not depend on the scale of either model's states; or a number, one "
         "step size for every parameter (2e-4 trained the bundled smollm2 -> gemma3 maps)",
     )
-    train.add_argument("--train-batch", type=int, default=4, help="probes per training step (default 4)")
-    train.add_argument("--train-epochs", type=float, default=3.0, help="at most this many epochs (default 3)")
-    train.add_argument(
+    _option(train, FitConfig, "--train-batch", type=int, help="probes per training step (default %(default)s)")
+    _option(train, FitConfig, "--train-epochs", type=float, help="at most this many epochs (default %(default)s)")
+    _option(
+        train,
+        FitConfig,
         "--train-minutes",
         type=float,
-        default=12.0,
-        help="wall-clock budget per trained map (default 12: with two maps per direction a default fit of the "
+        help="wall-clock budget per trained map (default %(default)s: with two maps per direction a default fit of the "
         "real pair took 66 minutes on 2 CPU cores, 32 of them sampling text once; longer can improve them, see "
         "docs/results)",
     )
-    train.add_argument(
+    _option(
+        train,
+        FitConfig,
         "--anchor",
         type=float,
-        default=0.0,
         help="weight of ‖W − W₀‖² / ‖W₀‖² in the training loss, W₀ the map's least-squares start: keeps the trained "
         "map near it; with --lr auto W is the preconditioned weight, a different norm than with a fixed --lr "
-        "(default 0: none)",
+        "(default %(default)s: none)",
     )
-    train.add_argument(
+    _option(
+        train,
+        FitConfig,
         "--ema",
         type=float,
-        default=0.0,
         help="keep, score and write a moving average of the trained map instead of its last step: after every step "
-        "average = ema x average + (1 - ema) x map, starting at the least-squares map; in [0, 1) (default 0: none)",
+        "average = ema x average + (1 - ema) x map, starting at the least-squares map; in [0, 1) "
+        "(default %(default)s: none)",
     )
-    train.add_argument(
+    _option(
+        train,
+        FitConfig,
         "--train-snap",
-        default="0",
         help="train maps into the target's input embeddings as they are served with this snap weight (their outputs "
         "moved that share of the way to the target's nearest embedding rows, searched among the rows of the "
         f"calibration text's tokens while training); '{AUTO}' = the --snap candidate the proxy chooses for the map's "
-        "least-squares start; a weight in [0, 1), 0 = trained as mapped (default 0)",
+        "least-squares start; a weight in [0, 1), 0 = trained as mapped (default %(default)s)",
     )
     model_options(fit)
     fit.set_defaults(func=cmd_fit)
@@ -525,45 +342,46 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     ev.add_argument("--maps", required=True, help="map store folder written by `fit`")
-    ev.add_argument("--data", default=None, help="evaluation data (default: the calibration data, held-out items)")
-    ev.add_argument("--samples", type=int, default=100, help="held-out QA items (default 100)")
-    ev.add_argument(
-        "--modes",
-        default="replace,full,last_token,embeds",
-        help="comma-separated handover modes (default replace,full,last_token,embeds)",
-    )
-    ev.add_argument(
+    _option(ev, EvalConfig, "--data", help="evaluation data (default: the calibration data, held-out items)")
+    _option(ev, EvalConfig, "--samples", type=int, help="held-out QA items (default %(default)s)")
+    _option(ev, EvalConfig, "--modes", help="comma-separated handover modes (default %(default)s)")
+    _option(
+        ev,
+        EvalConfig,
         "--screen-items",
         type=int,
-        default=16,
-        help="items each map is screened on before the best map per method is evaluated (default 16)",
+        help="items each map is screened on before the best map per method is evaluated (default %(default)s)",
     )
-    ev.add_argument("--target-layers", default=None, help="screen only maps into these target layers")
-    ev.add_argument(
+    _option(ev, EvalConfig, "--target-layers", help="screen only maps into these target layers")
+    _option(
+        ev,
+        EvalConfig,
         "--screen-by",
-        default="auto",
         choices=["auto", "f1", "kl"],
         help="choose each method's best map by screening F1 in replace mode, or by the fit's proxy KL (no labels, "
-        "no screening runs); auto = kl when every map has one (default auto)",
+        "no screening runs); auto = kl when every map has one (default %(default)s)",
     )
-    ev.add_argument(
+    _option(
+        ev,
+        EvalConfig,
         "--text-data",
-        default=None,
         help="plain text (any --data form; questions ignored) scored by continuation CBR: the first part handed "
         "over, the rest scored, e.g. builtin:stdlib-docs",
     )
-    ev.add_argument("--text-samples", type=int, default=60, help="plain-text passages (default 60)")
-    ev.add_argument("--pairs", default=None, help="only these directions, e.g. smollm2__gemma3 (default all)")
-    ev.add_argument("--methods", default=None, help="only these methods, e.g. linear,distill (default all)")
-    ev.add_argument(
+    _option(ev, EvalConfig, "--text-samples", type=int, help="plain-text passages (default %(default)s)")
+    _option(ev, EvalConfig, "--pairs", help="only these directions, e.g. smollm2__gemma3 (default all)")
+    _option(ev, EvalConfig, "--methods", help="only these methods, e.g. linear,distill (default all)")
+    _option(
+        ev,
+        EvalConfig,
         "--grids",
-        default="source",
         help="token grids the handed-over states follow, comma-separated: source (one state per source token), "
         "target (one per target token, from the aligned source token); default source",
     )
-    ev.add_argument(
+    _option(
+        ev,
+        EvalConfig,
         "--snap",
-        default=None,
         help="snap weights to evaluate the maps into layer 0 with instead of each map's own (comma-separated, one row "
         "each, e.g. 0,0.5,1: how far the states move toward the target's nearest rows); default: each map's",
     )
@@ -572,9 +390,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="ask the question through the target's chat template, where it has one, in every condition alike",
     )
+    _option(
+        ev,
+        EvalConfig,
+        "--source-answers",
+        action=argparse.BooleanOptionalAction,
+        help="also score the source model reading the text and answering itself (what asking it instead of handing "
+        "over gives; default on)",
+    )
     ev.add_argument("--max-new-tokens", type=int, default=12)
     ev.add_argument("--batch-size", type=int, default=16)
-    ev.add_argument("--out", default=None, help="report folder (default: the map store)")
+    _option(ev, EvalConfig, "--out", help="report folder (default: the map store)")
     model_options(ev)
     ev.set_defaults(func=cmd_eval)
 
@@ -605,34 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in (
-        "samples",
-        "eval_samples",
-        "batch_size",
-        "max_new_tokens",
-        "screen_items",
-        "probe_tokens",
-        "train_top",
-        "train_batch",
-        "text_samples",
-        "probes_per_passage",
-    ):
-        if getattr(args, name, 1) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    for name in ("sampled", "vocab", "anchor"):
-        if getattr(args, name, 0) < 0:
-            parser.error(f"--{name} must be >= 0")
-    if not 0 <= getattr(args, "ema", 0) < 1:
-        parser.error("--ema must be in [0, 1) (0 = no averaging)")
-    try:
-        if getattr(args, "snap", None) is not None:
-            parse_snaps(args.snap, "--snap")
-        if getattr(args, "train_snap", None) is not None:
-            parse_train_snap(args.train_snap)
-    except ValueError as err:
-        parser.error(str(err))
     try:
         return int(args.func(args))
+    except ConfigError as err:
+        print(f"{parser.prog}: error: --{err.option.replace('_', '-')} {err.problem}", file=sys.stderr)
+        return 2
     except (DataError, ModelSpecError, MapFileError, ValueError, LookupError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -13,8 +13,8 @@ import torch
 from aligners import load
 from aligners.store import MapKey, MapMismatchError, MapStore
 from calibrate.cli import main
-from calibrate.fit import layer_pairs
 from calibrate.layers import parse_layer_groups
+from calibrate.sweep import layer_pairs
 from service.runtime.loading import LoadedModel
 
 pytestmark = pytest.mark.slow
@@ -177,7 +177,7 @@ def test_list_and_show(fitted: tuple[Path, Path, list[str]], capsys: pytest.Capt
         (["fit", "--source", "nope-model", "--target", "gemma3", "--out", "x"], "not a known alias"),
         (["fit", "--source", "smollm2", "--target", "gemma3", "--data", "/no/such.json"], "no such file"),
         (["fit", "--source", "smollm2", "--target", "gemma3", "--layers", "8-x"], "bad layer list"),
-        (["fit", "--source", "smollm2", "--target", "gemma3", "--methods", "magic"], "unknown method"),
+        (["fit", "--source", "smollm2", "--target", "gemma3", "--methods", "magic"], "--methods has unknown magic"),
         (["eval", "--maps", "/no/maps"], "no fitted maps"),
         (["list", "/no/maps"], "manifest.json"),
         (["show", "/no/map.safetensors"], "no such map file"),
@@ -242,7 +242,7 @@ def test_console_script_help() -> None:
 def test_eval_scores_the_maps_the_server_would_serve(
     fitted: tuple[Path, Path, list[str]], tiny_dirs: dict[str, Path], tiny: dict[str, LoadedModel]
 ) -> None:
-    from calibrate.evaluate import _maps_for
+    from calibrate.evaluation import _maps_for
     from service.api.state import ServiceState
     from service.settings import Settings
 

@@ -176,7 +176,7 @@ def test_piece_pairs_pair_each_source_token_with_the_target_token_for_the_same_c
 
 
 def test_span_pairing_targets_the_embeddings_of_the_same_characters(tiny: dict[str, LoadedModel]) -> None:
-    from calibrate.fit import Side, gather
+    from calibrate.sweep import Side, gather
     from service.runtime.encode import encode
 
     texts = corpus(6, seed=5)

@@ -16,9 +16,9 @@ import torch
 from tqdm import tqdm
 
 from aligners import Aligner, Distill, build, metrics
-from aligners.store import MapKey, MapStore, layers_name, matching_layer
-from calibrate.distill import Through
+from aligners.store import MapKey, MapStore, best_first, layers_name, matching_layer
 from calibrate.layers import AUTO
+from calibrate.trainer import Through
 from service.runtime.encode import Encoded
 from service.runtime.loading import LoadedModel
 from service.runtime.pairing import pair_indices, piece_pairs
@@ -34,7 +34,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "affine": ("affine", {}),
     "lora": ("lora", {"base": "procrustes", **_LORA}),
     "lora-affine": ("lora", {"base": "affine", **_LORA}),
-    # Least-squares init, then trained through the target (``calibrate.distill``); needs probes and a teacher.
+    # Least-squares init, then trained through the target (``calibrate.trainer``); needs probes and a teacher.
     "distill": ("distill", {}),
     "distill-mlp": ("distill", {"hidden": 1024}),  # plus a zero-initialised residual MLP
 }
@@ -59,7 +59,9 @@ class Side:
 
 
 @dataclass
-class FitResult:
+class MapResult:
+    """One fitted map: its key, held-out scores and what fitting it took."""
+
     key: MapKey
     metrics: dict[str, float]
     fit_seconds: float
@@ -161,123 +163,165 @@ def train_weight(
     return weight if weight < 1 else 0.0
 
 
-def _meta(
-    src: Side, tgt: Side, metadata: dict[str, Any], x: torch.Tensor, xh: torch.Tensor, n_fit: int
-) -> dict[str, Any]:
-    return {
-        **metadata,
-        "source_fingerprint": src.model.fingerprint,
-        "target_fingerprint": tgt.model.fingerprint,
-        "source_spec": src.model.spec,
-        "target_spec": tgt.model.spec,
-        "n_pairs_fit": int(x.shape[0]),
-        "n_pairs_heldout": int(xh.shape[0]),
-        "n_passages_fit": n_fit,
-    }
+@dataclass(frozen=True)
+class SweepOptions:
+    """How one direction's maps are fitted and which are trained (``FitConfig.sweep_options``)."""
+
+    methods: tuple[str, ...]
+    seed: int = 0
+    train_top: int = 1
+    pairing: str = "end"
+    snaps: tuple[float, ...] = (0.0,)
+    train_snap: float | str = 0.0
 
 
-def sweep(
-    src: Side,
-    tgt: Side,
-    pairs: list[tuple[Group, int]],
-    methods: list[str],
-    store: MapStore,
-    metadata: dict[str, Any],
-    seed: int = 0,
-    through: Through | None = None,
-    helpers: set[tuple[Group, int]] | None = None,
-    train_top: int = 1,
-    pairing: str = "end",
-    snaps: tuple[float, ...] = (0.0,),
-    train_snap: float | str = 0.0,
-) -> list[FitResult]:
-    """Fit and save every method for every layer pair of one direction.
+@dataclass
+class Direction:
+    """One direction of a fit: both sides, the layer pairs, where maps go, and the target's probes (or None)."""
 
-    With ``through`` (probes and the target's own behaviour on them), every map is also scored by the held-out KL of
-    the target reading the probes after the handover (``kl``, lower is better), and the trained kinds are trained
-    through the target for the ``train_top`` best layer pairs (ranked by the KL of their least-squares init) per way
-    of entering it: into its input embeddings (layer 0, the ``embeds`` mode) and into a deeper layer (``replace``).
-    ``helpers`` are the per-layer pairs only the ``full`` mode needs: fitted, never trained. Every map into layer 0
-    gets the snap weight among ``snaps`` with the lowest proxy KL (``choose_snap``; the first without a proxy).
-    A trained map into layer 0 is trained as served with the snap weight ``train_snap`` (``AUTO``: the weight chosen
-    for its least-squares start; a weight of 1 trains it unsnapped, since no gradient passes a full snap).
+    src: Side
+    tgt: Side
+    pairs: list[tuple[Group, int]]
+    store: MapStore
+    metadata: dict[str, Any]
+    through: Through | None = None
+    helpers: set[tuple[Group, int]] = field(default_factory=set)
+
+    def split(self, seed: int) -> tuple[list[int], list[int]]:
+        return split_passages(len(self.src.encoded), seed)
+
+    def meta(self, x: torch.Tensor, xh: torch.Tensor, n_fit: int) -> dict[str, Any]:
+        src, tgt = self.src.model, self.tgt.model
+        return {
+            **self.metadata,
+            "source_fingerprint": src.fingerprint,
+            "target_fingerprint": tgt.fingerprint,
+            "source_spec": src.spec,
+            "target_spec": tgt.spec,
+            "n_pairs_fit": int(x.shape[0]),
+            "n_pairs_heldout": int(xh.shape[0]),
+            "n_passages_fit": n_fit,
+        }
+
+
+Pairs = dict[tuple[Group, int], tuple[torch.Tensor, ...]]  # (x, y, x held out, y held out) per layer pair
+
+
+@dataclass
+class Start:
+    """A least-squares start for training: its layer pair, the map and its proxy KL."""
+
+    ls: Group
+    lt: int
+    init: Aligner
+    kl: float
+
+
+def sweep(d: Direction, opts: SweepOptions) -> list[MapResult]:
+    """Fit and save every method for every layer pair of one direction (``fit_closed_form``), then train the trained
+    kinds from the best least-squares starts (``train_best``).
+
+    With ``d.through`` (probes and the target's own behaviour on them), every map is also scored by the held-out KL
+    of the target reading the probes after the handover (``kl``, lower is better). ``d.helpers`` are the per-layer
+    pairs only the ``full`` mode needs: fitted, never trained. Every map into layer 0 gets the snap weight among
+    ``opts.snaps`` with the lowest proxy KL (``choose_snap``; the first without a proxy).
     """
-    fit_idx, held_idx = split_passages(len(src.encoded), seed)
-    helpers = helpers or set()
-    closed = [m for m in methods if m not in TRAINED]
-    trained = [m for m in methods if m in TRAINED]
-    if trained and through is None:
+    trained = [m for m in opts.methods if m in TRAINED]
+    if trained and d.through is None:
         raise ValueError(f"method(s) {trained} train through the target and need probes (a teacher)")
+    results, data = fit_closed_form(d, opts)
+    if trained and d.through is not None:
+        results += train_best(d, d.through, data, opts)
+    return results
+
+
+def fit_closed_form(d: Direction, opts: SweepOptions) -> tuple[list[MapResult], Pairs]:
+    """Every method that is not trained, for every layer pair, scored and saved; returns the paired rows too."""
+    src, tgt, through = d.src, d.tgt, d.through
+    fit_idx, held_idx = d.split(opts.seed)
+    closed = [m for m in opts.methods if m not in TRAINED]
     results = []
-    data: dict[tuple[Group, int], tuple[torch.Tensor, ...]] = {}
-    init_kl: dict[tuple[Group, int], float] = {}
-    inits: dict[tuple[Group, int], Aligner] = {}  # each ranked pair's least-squares start
-    bar = tqdm(total=len(pairs) * len(closed), desc=f"fit {src.name}->{tgt.name}", unit="map")
-    for ls, lt in pairs:
-        x, y = gather(src, tgt, fit_idx, ls, lt, pairing)
-        xh, yh = gather(src, tgt, held_idx, ls, lt, pairing)
+    data: Pairs = {}
+    bar = tqdm(total=len(d.pairs) * len(closed), desc=f"fit {src.name}->{tgt.name}", unit="map")
+    for ls, lt in d.pairs:
+        x, y = gather(src, tgt, fit_idx, ls, lt, opts.pairing)
+        xh, yh = gather(src, tgt, held_idx, ls, lt, opts.pairing)
         data[(ls, lt)] = (x, y, xh, yh)
         for method in closed:
             start = time.perf_counter()
-            aligner = make_aligner(method, seed).fit(x, y)
+            aligner = make_aligner(method, opts.seed).fit(x, y)
             seconds = time.perf_counter() - start
             scores = metrics.evaluate(aligner.transform(xh), yh, target_mean=y.mean(dim=0)) if len(xh) > 1 else {}
             proxy_start = time.perf_counter()
-            if through is not None and (ls, lt) not in helpers:  # helper maps are never candidates: no proxy
+            if through is not None and (ls, lt) not in d.helpers:  # helper maps are never candidates: no proxy
                 scores["kl"] = through.score(aligner, src.encoded, ls, lt)
-            set_snap(aligner, scores, through, src.encoded, ls, lt, snaps)
+            set_snap(aligner, scores, through, src.encoded, ls, lt, opts.snaps)
             proxy_seconds = time.perf_counter() - proxy_start
             key = MapKey.of(src.name, tgt.name, ls, lt, method)
-            meta = {**_meta(src, tgt, metadata, x, xh, len(fit_idx)), "fit_seconds": seconds}
-            store.save(key, aligner, meta, scores, helper=(ls, lt) in helpers)
+            meta = {**d.meta(x, xh, len(fit_idx)), "fit_seconds": seconds}
+            d.store.save(key, aligner, meta, scores, helper=(ls, lt) in d.helpers)
             results.append(
-                FitResult(key, scores, seconds, int(x.shape[0]), int(xh.shape[0]), {"proxy_seconds": proxy_seconds})
+                MapResult(key, scores, seconds, int(x.shape[0]), int(xh.shape[0]), {"proxy_seconds": proxy_seconds})
             )
             bar.update(1)
             shown = f"kl={scores['kl']:.3f}" if "kl" in scores else f"r2={scores.get('r2', float('nan')):.3f}"
             bar.set_postfix_str(f"{key.layers_label} {method} {shown}")
     bar.close()
-    if not trained or through is None:
-        return results
+    return results, data
 
-    # The trained kinds start from least squares: rank each main pair by the KL of that start, train the best.
-    main = [pair for pair in pairs if pair not in helpers]
-    for ls, lt in tqdm(main, desc=f"rank layers {src.name}->{tgt.name}", unit="pair", leave=False):
+
+def rank_starts(d: Direction, through: Through, data: Pairs, opts: SweepOptions) -> list[Start]:
+    """The ``train_top`` best layer pairs per way of entering the target (into its input embeddings, layer 0; into a
+    deeper layer), ranked by the proxy KL of their least-squares start, best first."""
+    starts = []
+    main = [pair for pair in d.pairs if pair not in d.helpers]
+    for ls, lt in tqdm(main, desc=f"rank layers {d.src.name}->{d.tgt.name}", unit="pair", leave=False):
         x, y, _, _ = data[(ls, lt)]
-        inits[(ls, lt)] = make_aligner("distill", seed).fit(x, y)
-        init_kl[(ls, lt)] = through.score(inits[(ls, lt)], src.encoded, ls, lt)
-    chosen: list[tuple[Group, int]] = []
+        init = make_aligner("distill", opts.seed).fit(x, y)
+        starts.append(Start(ls, lt, init, through.score(init, d.src.encoded, ls, lt)))
+    chosen: list[Start] = []
     for into_embeddings in (True, False):  # KLs compare across target layers: the same probes, the same teacher
-        ranked = sorted((kl, pair) for pair, kl in init_kl.items() if (pair[1] == 0) == into_embeddings)
-        chosen.extend(pair for _, pair in ranked[:train_top])
-    for method in trained:
-        for ls, lt in chosen:
+        ranked = best_first("kl", [(s.kl, s) for s in starts if (s.lt == 0) == into_embeddings])
+        chosen.extend(s for _, s in ranked[: opts.train_top])
+    return chosen
+
+
+def train_best(d: Direction, through: Through, data: Pairs, opts: SweepOptions) -> list[MapResult]:
+    """Train each trained kind through the target from the best least-squares starts (``rank_starts``), score and
+    save it. A map into layer 0 is trained as served with the snap weight ``opts.train_snap`` (``AUTO``: the weight
+    chosen for its start; a weight of 1 trains it unsnapped, since no gradient passes a full snap)."""
+    src, tgt = d.src, d.tgt
+    fit_idx, _ = d.split(opts.seed)
+    starts = rank_starts(d, through, data, opts)
+    results = []
+    for method in [m for m in opts.methods if m in TRAINED]:
+        for s in starts:
+            ls, lt = s.ls, s.lt
             x, y, xh, yh = data[(ls, lt)]
             start = time.perf_counter()
             # The plain kind trains the very start it was ranked by (no second fit); other variants fit their own.
-            same = method == "distill" and (ls, lt) in inits
-            aligner = inits.pop((ls, lt)) if same else make_aligner(method, seed).fit(x, y)
+            aligner = s.init if method == "distill" else make_aligner(method, opts.seed).fit(x, y)
             assert isinstance(aligner, Distill)  # every trained method is a distill map
             label = f"{src.name}->{tgt.name} L{layers_name(ls)}->L{lt}"
             weight = 0.0
             if lt == 0:
-                weight = train_weight(train_snap, through, aligner, src.encoded, ls, snaps, init_kl[(ls, lt)])
+                weight = train_weight(opts.train_snap, through, aligner, src.encoded, ls, opts.snaps, s.kl)
             report = through.train(aligner, src.encoded, ls, lt, label=label, snap=weight)
             seconds = time.perf_counter() - start
             scores = metrics.evaluate(aligner.transform(xh), yh, target_mean=y.mean(dim=0)) if len(xh) > 1 else {}
             # Trained through a snap, its own held-out KL (without one) is scored apart.
             scores["kl"] = through.score(aligner, src.encoded, ls, lt) if weight else report["heldout_kl"]
-            scores["init_kl"] = init_kl[(ls, lt)]
-            set_snap(aligner, scores, through, src.encoded, ls, lt, snaps)
+            scores["init_kl"] = s.kl
+            set_snap(aligner, scores, through, src.encoded, ls, lt, opts.snaps)
             key = MapKey.of(src.name, tgt.name, ls, lt, method)
             meta = {
-                **_meta(src, tgt, metadata, x, xh, len(fit_idx)),
+                **d.meta(x, xh, len(fit_idx)),
                 "fit_seconds": seconds,
                 "train": {k: v for k, v in report.items() if k != "curve"},
                 "probes": sorted({p.kind for p in through.probes}),
             }
-            store.save(key, aligner, meta, scores)
+            d.store.save(key, aligner, meta, scores)
             results.append(
-                FitResult(key, scores, seconds, int(x.shape[0]), int(xh.shape[0]), {"curve": report["curve"]})
+                MapResult(key, scores, seconds, int(x.shape[0]), int(xh.shape[0]), {"curve": report["curve"]})
             )
     return results

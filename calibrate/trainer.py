@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from aligners import Aligner, Distill
 from aligners.modules import MapModule
+from aligners.store import best_first
 from calibrate.probes import Probe
 from service.runtime.encode import Encoded
 from service.runtime.generate import Prefill
@@ -285,7 +286,7 @@ class Through:
         """The snap weight among ``weights`` with the lowest held-out KL for a map into the target's input
         embeddings, and every weight's KL (``kl0``: the map's own KL, without a snap)."""
         kls = {w: kl0 if w == 0.0 else self.score(aligner, encoded, ls, 0, w) for w in weights}
-        return min(kls, key=lambda w: (kls[w], w)), kls
+        return best_first("kl", sorted((kl, w) for w, kl in kls.items()))[0][1], kls
 
     def vocabulary(self) -> torch.Tensor:
         """The token ids the target cuts the calibration texts into (sorted, unique)."""

@@ -1,0 +1,106 @@
+"""Calibration from Python: ``fit(FitConfig)`` and ``evaluate(EvalConfig)`` on tiny models, the configs' checks, and
+the CLI reading its defaults from the same configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from aligners.store import best_first
+from calibrate import ConfigError, EvalConfig, FitConfig, evaluate, fit
+from calibrate.cli import _config, build_parser
+
+
+@pytest.mark.slow
+def test_fit_and_evaluate_from_python(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    fitted = fit(
+        FitConfig(
+            source=str(tiny_dirs["llama"]),
+            target=str(tiny_dirs["gemma3"]),
+            out=tmp_path / "maps",
+            cache=tmp_path / "cache",
+            data="builtin:fictional-qa",
+            samples=24,
+            eval_samples=8,
+            sampled=0,
+            layers="1",
+            target_layers="0,1",
+            methods="linear,affine",
+            directions="forward",
+            proxy_probes=0,
+        )
+    )
+    assert {(r["method"], r["target_layer"]) for r in fitted.rows} == {
+        (m, t) for m in ("linear", "affine") for t in (0, 1)
+    }
+    manifest = json.loads((fitted.store / "manifest.json").read_text())
+    assert len(manifest["maps"]) == 4 and manifest["calibration"]["n_passages"] == 24
+    assert "| llama -> gemma3 |" in fitted.markdown() and (fitted.store / "fit-report.md").exists()
+
+    report = evaluate(
+        EvalConfig(maps=fitted.store, samples=4, modes=("embeds", "replace"), screen_items=2, cache=tmp_path / "cache")
+    )
+    (result,) = report.results
+    base = result["baselines"]
+    # The source model reading the text and answering itself sits beside the target's own baselines.
+    assert base["source"]["name"] == "llama" and base["source"]["n"] == 4.0 and 0 <= base["source"]["f1"] <= 100
+    assert {r["mode"] for r in result["translated"]} == {"embeds", "replace"}
+    assert "answering itself" in report.markdown()
+    assert json.loads((fitted.store / "eval-report.json").read_text())[0]["source"] == "llama"
+
+
+@pytest.mark.parametrize(
+    "options,option,problem",
+    [
+        ({"samples": 0}, "samples", "must be >= 1"),
+        ({"anchor": -1.0}, "anchor", "must be >= 0"),
+        ({"ema": 1.0}, "ema", "must be in [0, 1)"),
+        ({"lr": 0.0}, "lr", "must be > 0"),
+        ({"methods": "linear,magic"}, "methods", "has unknown magic"),
+        ({"methods": ""}, "methods", "names no method"),
+        ({"probes": ("qa", "riddle")}, "probes", "has unknown riddle"),
+        ({"layers": "8-x"}, "layers", "bad layer list"),
+        ({"snap": "0,2"}, "snap", "takes comma-separated weights in [0, 1]"),
+        ({"snap": (0.5, 1.5)}, "snap", "takes weights in [0, 1]"),
+        ({"train_snap": "1"}, "train_snap", "takes 'auto' or a weight in [0, 1)"),
+        ({"pairing": "middle"}, "pairing", "has unknown middle"),
+        ({"dtype": "int8"}, "dtype", "has unknown int8"),
+    ],
+)
+def test_fit_config_names_the_option_it_refuses(options: dict[str, object], option: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        FitConfig(source="a", target="b", **options)  # type: ignore[arg-type]
+    assert err.value.option == option and problem in err.value.problem
+
+
+@pytest.mark.parametrize(
+    "options,option",
+    [({"modes": "embeds,teleport"}, "modes"), ({"grids": "diagonal"}, "grids"), ({"batch_size": 0}, "batch_size")],
+)
+def test_eval_config_names_the_option_it_refuses(options: dict[str, object], option: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        EvalConfig(maps="maps", **options)  # type: ignore[arg-type]
+    assert err.value.option == option
+
+
+def test_config_normalises_text_and_sequences_alike() -> None:
+    text = FitConfig(source="a", target="b", methods="linear, distill", probes="qa,repeat", snap="0,0.5")
+    seq = FitConfig(source="a", target="b", methods=["linear", "distill"], probes=("qa", "repeat"), snap=(0, 0.5))  # type: ignore[arg-type]
+    assert text == seq
+    assert text.source_groups() == [(2,), (4,), (0, 2), (0, 4)] and text.target_layer_list() is None
+
+
+@pytest.mark.parametrize("command,cls", [("fit", FitConfig), ("eval", EvalConfig)])
+def test_cli_defaults_are_the_configs_defaults(command: str, cls: type) -> None:
+    """The CLI keeps no defaults of its own: flags left out give the config a caller gets in Python."""
+    required = {"fit": ["--source", "a", "--target", "b"], "eval": ["--maps", "m"]}[command]
+    args = build_parser().parse_args([command, *required])
+    given = {"fit": {"source": "a", "target": "b"}, "eval": {"maps": "m"}}[command]
+    assert _config(cls, args) == cls(**given)
+
+
+def test_one_ranking_rule_puts_the_lowest_kl_and_the_highest_f1_first() -> None:
+    assert [t for _, t in best_first("kl", [(0.3, "b"), (0.1, "a"), (0.3, "c")])] == ["a", "b", "c"]
+    assert [t for _, t in best_first("f1", [(10.0, "b"), (40.0, "a"), (10.0, "c")])] == ["a", "b", "c"]

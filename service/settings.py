@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(20_000, ge=1, description="longest text or prompt accepted (413 beyond)")
     max_new_tokens: int = Field(256, ge=1, le=8192, description="upper bound a request may ask for")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="largest request body accepted (413 beyond)")
-    request_timeout_s: float = Field(600.0, gt=0, description="longest a request may run (504 beyond)")
+    request_timeout_s: float = Field(600.0, gt=0, description="longest the server lets a request run (504 beyond)")
     shutdown_grace_s: float = Field(30.0, ge=0, description="on SIGTERM, time given to work in flight")
     queue_size: int = Field(64, ge=1, description="requests waiting for the model worker (503 beyond)")
     max_batch: int = Field(8, ge=1, description="generate requests decoded together")

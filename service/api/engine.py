@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.api.errors import BusyError, DeadlineError, NotReadyError, ServiceError
+from service.api.errors import BusyError, ClientDeadlineError, DeadlineError, NotReadyError, ServiceError
 from service.backends import Backend
 from service.runtime.generate import SamplingParams
 
@@ -31,7 +31,8 @@ class GenerateJob:
     """One generate request: ``build`` (run on the worker) returns its target model's prompt and prepare timings.
 
     A job stops early, within a decoding step, when its client goes away (``abandon``), when its ``deadline``
-    (``time.monotonic()``) passes (504) or when the server shuts down past its grace period (503)."""
+    (``time.monotonic()``) passes (``deadline_error``: 408 for the client's own ``timeout_s``, 504 for the server's
+    limit) or when the server shuts down past its grace period (503)."""
 
     group: tuple[Any, ...]  # jobs with equal groups can share a batch
     backend: Backend  # decodes for the target model
@@ -39,6 +40,7 @@ class GenerateJob:
     params: SamplingParams
     loop: asyncio.AbstractEventLoop
     timeout_s: float | None = None
+    client_deadline: bool = False  # the deadline is the client's own timeout_s (shorter than the server's limit)
     events: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
     stopped: ServiceError | None = None  # why the job was stopped from outside (None: abandoned or running)
     abandoned: bool = False
@@ -56,12 +58,19 @@ class GenerateJob:
     def stop(self, reason: ServiceError) -> None:
         self.stopped = reason
 
+    def deadline_error(self) -> ServiceError:
+        if self.client_deadline:
+            return ClientDeadlineError(
+                f"the request ran past the deadline it set (timeout_s = {self.timeout_s:g} s) and was stopped"
+            )
+        return DeadlineError(
+            f"the request ran past this server's limit of {self.timeout_s:g} s (INTERLINGUA_REQUEST_TIMEOUT_S) and "
+            "was stopped"
+        )
+
     def should_stop(self) -> bool:
         if self.deadline is not None and self.stopped is None and time.monotonic() > self.deadline:
-            self.stopped = DeadlineError(
-                f"the request ran past its deadline of {self.timeout_s:g} s (timeout_s, or the server's "
-                "INTERLINGUA_REQUEST_TIMEOUT_S) and was stopped"
-            )
+            self.stopped = self.deadline_error()
         return self.abandoned or self.stopped is not None
 
     def finish_stopped(self) -> None:

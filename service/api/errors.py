@@ -51,7 +51,16 @@ class NotReadyError(ServiceError):
 
 
 class DeadlineError(ServiceError):
+    """The server's own limit on a request's time (INTERLINGUA_REQUEST_TIMEOUT_S) passed: the server's doing."""
+
     status, kind = 504, "timeout"
+
+
+class ClientDeadlineError(ServiceError):
+    """The deadline the client set (``timeout_s``) passed: the client's choice, so a client error, not a 5xx that
+    clients, proxies and monitors would take for a server fault."""
+
+    status, kind = 408, "timeout"
 
 
 # Error kinds of the HTTP statuses the framework raises by itself (unknown routes, wrong methods, unreadable bodies).

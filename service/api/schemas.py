@@ -193,7 +193,8 @@ class GenerateRequest(BaseModel):
         None,
         gt=0,
         allow_inf_nan=False,
-        description="end the request with 504 past this many seconds (capped by the server's limit)",
+        description="end the request with 408 `timeout` past this many seconds (the server's own limit, "
+        "INTERLINGUA_REQUEST_TIMEOUT_S, ends it with 504 when it is shorter)",
     )
     stream: bool = False
 

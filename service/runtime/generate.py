@@ -103,7 +103,10 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     """Pick the next token from (vocab,) logits: greedy at temperature 0, else temperature + nucleus sampling."""
     if params.temperature <= 0:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    # Shifted so that the largest logit is 0, and in float64: a temperature below float32's smallest number (down
+    # to float64's, 5e-324) still divides, and the limit of vanishing temperatures is the greedy token, not NaN.
+    shifted = logits.double() - logits.max().double()
+    probs = torch.softmax(shifted / params.temperature, dim=-1).float()
     if params.top_p < 1.0:
         probs = nucleus(probs, params.top_p)
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))

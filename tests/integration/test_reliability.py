@@ -108,12 +108,45 @@ def test_translate_reports_its_total_time(server: Server, pair: dict) -> None:
     assert {"encode", "project", "total"} <= set(timings) and timings["total"] >= timings["encode"]
 
 
-def test_requests_past_their_deadline_get_504(server: Server, pair: dict) -> None:
+@pytest.mark.parametrize("timeout_s", [5e-324, 0.001])
+def test_a_request_past_its_own_timeout_s_is_a_client_error(server: Server, pair: dict, timeout_s: float) -> None:
+    """``timeout_s`` is a deadline the client chose: past it the answer is 408 ``timeout``, not a server error
+    (5e-324 s, the smallest positive float, answered 504 before)."""
     with server.client() as c:
-        r = c.post("/generate", json=_req(pair, max_new_tokens=50, timeout_s=0.001))
+        r = c.post("/generate", json=_req(pair, max_new_tokens=50, timeout_s=timeout_s))
         ok = c.post("/generate", json=_req(pair, max_new_tokens=2, timeout_s=60))
-    assert r.status_code == 504 and r.json()["error"] == "timeout" and "deadline" in r.json()["detail"]
+    assert r.status_code == 408, r.text
+    assert r.json()["error"] == "timeout" and "timeout_s" in r.json()["detail"] and _is_error_body(r)
     assert ok.status_code == 200
+
+
+def test_a_vanishing_temperature_answers_the_greedy_text(server: Server, pair: dict) -> None:
+    """temperature 5e-324 (found by fuzzing: a 500) is the limit of sampling as the temperature falls: greedy."""
+    with server.client() as c:
+        tiny = c.post("/generate", json=_req(pair, max_new_tokens=6, temperature=5e-324, seed=3))
+        greedy = c.post("/generate", json=_req(pair, max_new_tokens=6))
+    assert tiny.status_code == 200, tiny.text
+    assert tiny.json()["text"] == greedy.json()["text"]
+
+
+@pytest.fixture(scope="module")
+def impatient(
+    tiny_dirs: dict[str, Path], tiny_maps: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """A server whose own limit on a request's time is shorter than a generation of 60 tokens takes."""
+    env = tiny_env(tiny_dirs, tiny_maps, INTERLINGUA_REQUEST_TIMEOUT_S="0.05")
+    yield from special_server(env, tmp_path_factory, "impatient")
+
+
+@pytest.mark.parametrize("timeout_s", [None, 60])
+def test_a_request_past_the_servers_own_limit_gets_504(impatient: Server, pair: dict, timeout_s: float | None) -> None:
+    """The server's limit (INTERLINGUA_REQUEST_TIMEOUT_S) is the server's doing: 504, also where the client asked
+    for longer."""
+    body = _req(pair, max_new_tokens=60) | ({} if timeout_s is None else {"timeout_s": timeout_s})
+    with impatient.client() as c:
+        r = c.post("/generate", json=body)
+    assert r.status_code == 504, r.text
+    assert r.json()["error"] == "timeout" and "INTERLINGUA_REQUEST_TIMEOUT_S" in r.json()["detail"]
 
 
 @pytest.mark.parametrize("mode", ["native", "replace"])

@@ -7,7 +7,7 @@ import torch
 
 from aligners import build
 from aligners.store import matching_layer
-from service.runtime.generate import SamplingParams, check_prompt, generate, nucleus, stream_batch
+from service.runtime.generate import SamplingParams, check_prompt, generate, nucleus, sample, stream_batch
 from service.runtime.handover import LayerMap, prepare
 from service.runtime.loading import LoadedModel, fingerprint, load_model
 from service.runtime.pairing import grid_indices
@@ -48,6 +48,16 @@ def test_nucleus_keeps_what_a_full_sort_keeps(sharpness: float, top_p: float) ->
     got = nucleus(probs, top_p, first=40)  # a small first window: the flatter cases must look past it
     assert torch.equal(got > 0, expected > 0)
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-45, 1e-30])
+def test_a_vanishing_temperature_samples_the_greedy_token(temperature: float) -> None:
+    """Temperatures below float32's smallest number (5e-324 came in over HTTP and failed the request with a 500)
+    are the limit of sampling as the temperature falls: the most probable token, every draw."""
+    logits = torch.tensor([1.0, 3.0, 2.5, float("-inf"), -7.0])
+    params = SamplingParams(max_new_tokens=1, temperature=temperature, top_p=0.9)
+    draws = {sample(logits, params, torch.Generator().manual_seed(seed)) for seed in range(20)}
+    assert draws == {1}
 
 
 def test_stop_string_truncates_and_streams_the_same_text(tiny: dict[str, LoadedModel]) -> None:

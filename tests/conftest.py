@@ -75,15 +75,35 @@ def tiny(tiny_dirs: dict[str, Path]) -> dict[str, LoadedModel]:
     return {arch: load_model(str(path), name=arch, device=device) for arch, path in tiny_dirs.items()}
 
 
+def required_real() -> set[str]:
+    """The real models a missing one of fails the run instead of skipping: INTERLINGUA_REQUIRE_REAL is ``1`` (the
+    pair, as ``make test`` and CI set it) or a comma-separated list of aliases and ``1`` (``1,qwen``: the pair and
+    Qwen)."""
+    named = {part.strip() for part in os.environ.get("INTERLINGUA_REQUIRE_REAL", "").split(",") if part.strip()}
+    return (named - {"1"}) | ({"smollm2", "gemma3"} if "1" in named else set())
+
+
+def load_real(aliases: tuple[str, ...]) -> dict[str, LoadedModel]:
+    """Real models by alias, or a skip naming the command that prepares them (a failure where they are required)."""
+    from service.runtime.realpair import ModelNotInstalledError
+
+    try:
+        return {alias: load_model(alias, name=alias) for alias in aliases}
+    except ModelNotInstalledError as err:
+        if set(aliases) & required_real():
+            raise
+        pytest.skip(f"real model not prepared ({err})")
+
+
 @pytest.fixture(scope="session")
 def real_pair() -> dict[str, LoadedModel]:
     """smollm2 and gemma3, loaded once per session. Skips when the pair is not installed, unless
     INTERLINGUA_REQUIRE_REAL=1 (``make test``, CI), where a missing pair is an error."""
-    from service.runtime.realpair import ModelNotInstalledError
+    return load_real(("smollm2", "gemma3"))
 
-    try:
-        return {alias: load_model(alias, name=alias) for alias in ("smollm2", "gemma3")}
-    except ModelNotInstalledError as err:
-        if os.environ.get("INTERLINGUA_REQUIRE_REAL") == "1":
-            raise
-        pytest.skip(f"real pair not installed ({err}); run `make models`")
+
+@pytest.fixture(scope="session")
+def real_qwen() -> LoadedModel:
+    """Qwen2.5-Coder-0.5B-Instruct (``make models-qwen``), loaded once per session; skips when it is not prepared,
+    unless INTERLINGUA_REQUIRE_REAL names qwen."""
+    return load_real(("qwen",))["qwen"]

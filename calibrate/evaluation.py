@@ -192,9 +192,10 @@ def screen(
     bench: Bench, store: MapStore, source: LoadedModel, entries: list[dict[str, Any]], by: str, n_items: int
 ) -> list[dict[str, Any]]:
     """A score per map for choosing each method's best: ``by="f1"`` screens every map in ``replace`` on the first
-    ``n_items`` items; ``"kl"`` takes the fit's held-out proxy KL (no screening runs, no labels needed)."""
-    if by == "kl":
-        return [{**MapKey.from_entry(e).as_dict(), "kl": e["metrics"]["kl"]} for e in entries if "kl" in e["metrics"]]
+    ``n_items`` items; ``"kl"`` (``"kl_xsrc"``) takes the fit's proxy KL on held-out probes of the calibration text
+    (of the other source) instead: no screening runs, no labels needed."""
+    if by != "f1":  # a proxy the fit scored every map by
+        return [{**MapKey.from_entry(e).as_dict(), by: e["metrics"][by]} for e in entries if by in e["metrics"]]
     rows = []
     target = bench.model
     for e in tqdm(entries, desc=f"screen {source.name}->{target.name}", unit="map"):
@@ -403,10 +404,16 @@ def evaluate(config: EvalConfig) -> EvalReport:
     items = held_out_items(config, calib)
     texts = [it.context for it in read_items(config.text_data, seed=config.seed)] if config.text_data else []
     pairs = directions(config, manifest["maps"])
-    has_kl = all("kl" in e["metrics"] for e in manifest["maps"] if not e.get("helper"))
-    screen_by = ("kl" if has_kl else "f1") if config.screen_by == "auto" else config.screen_by
-    if screen_by == "kl" and not has_kl:
-        raise ValueError("--screen-by kl needs maps scored by the proxy KL (fit with --proxy-probes > 0)")
+
+    def scored_by(metric: str) -> bool:
+        return all(metric in e["metrics"] for e in manifest["maps"] if not e.get("helper"))
+
+    screen_by = ("kl" if scored_by("kl") else "f1") if config.screen_by == "auto" else config.screen_by
+    if screen_by != "f1" and not scored_by(screen_by):
+        raise ValueError(
+            f"--screen-by {screen_by} needs maps scored by that proxy (fit with --proxy-probes > 0"
+            + (" and --proxy-data)" if screen_by == "kl_xsrc" else ")")
+        )
     models = {
         name: load_model(info["spec"], name=name, dtype=config.dtype, device=config.device)
         for name, info in calib["models"].items()
@@ -421,7 +428,7 @@ def evaluate(config: EvalConfig) -> EvalReport:
         values: dict[tuple[tuple[int, ...], str], float] = {}
         for _, row in best_first(screen_by, [(row[screen_by], row) for row in result["screen"]]):
             values.setdefault((MapKey.from_entry(row).source_layers, row["method"]), row[screen_by])
-        what = "replace-mode F1" if screen_by == "f1" else "proxy KL"
+        what = {"f1": "replace-mode F1", "kl": "proxy KL", "kl_xsrc": "proxy KL on another source"}[screen_by]
         heatmap(
             values,
             f"{source_name} -> {target_name}: {what} (best target layer)",

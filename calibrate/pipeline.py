@@ -25,7 +25,7 @@ from calibrate.config import FitConfig
 from calibrate.data import Item, read_items, shares, split_items
 from calibrate.layers import check_range
 from calibrate.probes import make_probes
-from calibrate.sweep import TRAINED, Direction, Group, Side, layer_pairs, split_passages, sweep
+from calibrate.sweep import TRAINED, Direction, Group, HeldOutSource, Side, layer_pairs, split_passages, sweep
 from calibrate.trainer import Through, TrainConfig
 from service.runtime.loading import LoadedModel, load_model
 
@@ -111,10 +111,13 @@ def fit(config: FitConfig) -> FitResult:
     calib = within_positions(calib, list(models.values()), margin=config.probe_tokens + 16)
 
     texts = [it.context for it in calib]
-    encoded = {}
+    proxy = proxy_passages(config, models, calib)
+    encoded, proxy_encoded = {}, {}
     for side, model in models.items():
         start = time.perf_counter()
         encoded[side] = extract(model, texts, sorted(needed[side]), config.cache)
+        if proxy:
+            proxy_encoded[side] = extract(model, [it.context for it in proxy], sorted(needed[side]), config.cache)
         timings[f"extract {model.name}"] = time.perf_counter() - start
 
     store = MapStore(config.out)
@@ -123,6 +126,7 @@ def fit(config: FitConfig) -> FitResult:
         "sampled": config.sampled,
         "vocab": config.vocab,
         "pairing": config.pairing,
+        "proxy_data": config.proxy_data,
         "seed": config.seed,
         "n_passages": len(calib),
         "format": "interlingua.map",
@@ -133,6 +137,7 @@ def fit(config: FitConfig) -> FitResult:
     for p in plans:
         src, tgt = models[p.source], models[p.target]
         through = teacher(tgt, calib, config, timings) if trains_through else None
+        xsrc = held_out_source(tgt, proxy, proxy_encoded[p.source], config, timings) if proxy else None
         direction = Direction(
             Side(src.name, src, encoded[p.source]),
             Side(tgt.name, tgt, encoded[p.target]),
@@ -141,6 +146,7 @@ def fit(config: FitConfig) -> FitResult:
             metadata,
             through,
             p.helpers,
+            xsrc,
         )
         for fitted in sweep(direction, config.sweep_options()):
             k = fitted.key
@@ -169,12 +175,14 @@ def fit(config: FitConfig) -> FitResult:
         "eval_samples": config.eval_samples,
         "n_passages": len(calib),
         "n_heldout_items": len(held),
+        "proxy_data": config.proxy_data,
+        "n_proxy_passages": len(proxy),
         "models": {
             m.name: {"spec": m.spec, "fingerprint": m.fingerprint, "n_layers": m.n_layers} for m in models.values()
         },
     }
     store.write_manifest(manifest)
-    changes = store.choose_defaults(by="kl" if trains_through else "r2")
+    changes = store.choose_defaults(by=config.rank_by if trains_through else "r2")
     result = FitResult(store.root, rows, timings, manifest["calibration"], curves, changes)
     write_report(result)
     return result
@@ -256,6 +264,39 @@ def teacher(target: LoadedModel, calib: list[Item], config: FitConfig, timings: 
         file=sys.stderr,
     )
     return through
+
+
+def proxy_passages(config: FitConfig, models: dict[str, LoadedModel], calib: list[Item]) -> list[Item]:
+    """``config.proxy_samples`` passages of ``config.proxy_data`` (none without it) that both models can read, none
+    of them a calibration passage: the held-out source the proxy ``kl_xsrc`` scores maps on."""
+    if config.proxy_data is None:
+        return []
+    seen = {it.context for it in calib}
+    items = [it for it in read_items(config.proxy_data, seed=config.seed + 1) if it.context not in seen]
+    unique = list({it.context: it for it in items}.values())[: config.proxy_samples]
+    kept = within_positions(unique, list(models.values()), margin=config.probe_tokens + 16)
+    print(f"proxy on another source: {len(kept)} passages of {config.proxy_data}", file=sys.stderr)
+    return kept
+
+
+def held_out_source(
+    target: LoadedModel, passages: list[Item], encoded: list[Any], config: FitConfig, timings: dict[str, float]
+) -> HeldOutSource:
+    """The target's probes on the held-out source's passages (every one held out) with the source's states of them."""
+    start = time.perf_counter()
+    probes = make_probes(
+        target,
+        passages,
+        list(config.probes),
+        config.probe_tokens,
+        per_passage=config.probes_per_passage,
+        seed=config.seed,
+        cache=config.cache,
+    )
+    texts = [it.context for it in passages]
+    through = Through.held_out(target, texts, probes, train_config(config), config.cache)
+    timings[f"held-out source probes {target.name}"] = time.perf_counter() - start
+    return HeldOutSource(through, encoded)
 
 
 def train_config(config: FitConfig) -> TrainConfig:

@@ -19,16 +19,20 @@ def _snap(row: dict[str, Any]) -> str:
 
 
 def fit_markdown(rows: list[dict[str, Any]], timings: dict[str, float]) -> str:
+    xsrc = any("kl_xsrc" in r for r in rows)
     lines = [
-        "| direction | layers | method | proxy KL | snap (KL without) | R² | cosine | mean-baseline cosine | "
-        "centred cosine | retrieval@1 | pairs |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| direction | layers | method | proxy KL |"
+        + (" proxy KL, other source |" if xsrc else "")
+        + " snap (KL without) | R² | cosine | mean-baseline cosine | centred cosine | retrieval@1 | pairs |",
+        "|---|---|---|---:|" + ("---:|" if xsrc else "") + "---|---:|---:|---:|---:|---:|---:|",
     ]
     keyed = [(MapKey.from_entry(r), r) for r in rows]
     for key, r in sorted(keyed, key=lambda kr: (kr[0].source, kr[0].source_layers, kr[0].target_layer, kr[0].method)):
         lines.append(
             f"| {r['source']} -> {r['target']} | {key.layers_label} | {r['method']} | "
-            f"{_f(r.get('kl'))} | {_snap(r)} | {_f(r.get('r2'))} | {_f(r.get('cosine'))} | "
+            f"{_f(r.get('kl'))} |"
+            + (f" {_f(r.get('kl_xsrc'))} |" if xsrc else "")
+            + f" {_snap(r)} | {_f(r.get('r2'))} | {_f(r.get('cosine'))} | "
             f"{_f(r.get('mean_baseline_cosine'))} | {_f(r.get('centred_cosine'))} | {_f(r.get('retrieval_at_1'))} | "
             f"{r.get('n_pairs_fit', '')} |"
         )
@@ -36,7 +40,13 @@ def fit_markdown(rows: list[dict[str, Any]], timings: dict[str, float]) -> str:
         "",
         "proxy KL: held-out KL (nats per probe token) of the target's next-token distributions after the handover "
         "against reading the text itself; lower is better, 0 = nothing lost. snap: the share of the way the map's "
-        "states move toward the target's nearest embedding rows (maps into layer 0), chosen by the proxy KL.",
+        "states move toward the target's nearest embedding rows (maps into layer 0), chosen by the proxy KL."
+        + (
+            " proxy KL, other source: the same on probes of passages from a source the maps were not calibrated on "
+            "(fit --proxy-data), each map as served."
+            if xsrc
+            else ""
+        ),
     ]
     lines += ["", "| step | seconds |", "|---|---:|"] + [f"| {k} | {v:.1f} |" for k, v in timings.items()]
     return "\n".join(lines) + "\n"

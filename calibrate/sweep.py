@@ -165,7 +165,9 @@ def train_weight(
 
 @dataclass(frozen=True)
 class SweepOptions:
-    """How one direction's maps are fitted and which are trained (``FitConfig.sweep_options``)."""
+    """How one direction's maps are fitted and which are trained (``FitConfig.sweep_options``). ``rank_by``: the
+    proxy that ranks the least-squares starts for training, ``kl`` (held-out probes of the calibration text) or
+    ``kl_xsrc`` (probes on passages of another source, ``HeldOutSource``)."""
 
     methods: tuple[str, ...]
     seed: int = 0
@@ -173,6 +175,20 @@ class SweepOptions:
     pairing: str = "end"
     snaps: tuple[float, ...] = (0.0,)
     train_snap: float | str = 0.0
+    rank_by: str = "kl"
+
+
+@dataclass
+class HeldOutSource:
+    """The proxy on passages of a source the maps are not calibrated on: the target's probes on them (all held out)
+    and the source model's states of them."""
+
+    through: Through
+    encoded: list[Encoded]
+
+    def score(self, aligner: Aligner, ls: int | Group, lt: int) -> float:
+        """The map's KL on these probes as it is served (with its snap weight, for a map into layer 0)."""
+        return self.through.score(aligner, self.encoded, ls, lt, float(aligner.fit_info.get("snap", 0.0)))
 
 
 @dataclass
@@ -186,6 +202,7 @@ class Direction:
     metadata: dict[str, Any]
     through: Through | None = None
     helpers: set[tuple[Group, int]] = field(default_factory=set)
+    xsrc: HeldOutSource | None = None  # the proxy on another source, scored beside ``through``'s (``kl_xsrc``)
 
     def split(self, seed: int) -> tuple[list[int], list[int]]:
         return split_passages(len(self.src.encoded), seed)
@@ -215,6 +232,11 @@ class Start:
     lt: int
     init: Aligner
     kl: float
+    rank: float = float("nan")  # what ranks it: ``kl`` unless another proxy is asked for
+
+    def __post_init__(self) -> None:
+        if self.rank != self.rank:
+            self.rank = self.kl
 
 
 def sweep(d: Direction, opts: SweepOptions) -> list[MapResult]:
@@ -256,6 +278,8 @@ def fit_closed_form(d: Direction, opts: SweepOptions) -> tuple[list[MapResult], 
             if through is not None and (ls, lt) not in d.helpers:  # helper maps are never candidates: no proxy
                 scores["kl"] = through.score(aligner, src.encoded, ls, lt)
             set_snap(aligner, scores, through, src.encoded, ls, lt, opts.snaps)
+            if d.xsrc is not None and (ls, lt) not in d.helpers:
+                scores["kl_xsrc"] = d.xsrc.score(aligner, ls, lt)
             proxy_seconds = time.perf_counter() - proxy_start
             key = MapKey.of(src.name, tgt.name, ls, lt, method)
             meta = {**d.meta(x, xh, len(fit_idx)), "fit_seconds": seconds}
@@ -278,10 +302,13 @@ def rank_starts(d: Direction, through: Through, data: Pairs, opts: SweepOptions)
     for ls, lt in tqdm(main, desc=f"rank layers {d.src.name}->{d.tgt.name}", unit="pair", leave=False):
         x, y, _, _ = data[(ls, lt)]
         init = make_aligner("distill", opts.seed).fit(x, y)
-        starts.append(Start(ls, lt, init, through.score(init, d.src.encoded, ls, lt)))
+        start = Start(ls, lt, init, through.score(init, d.src.encoded, ls, lt))
+        if d.xsrc is not None and opts.rank_by == "kl_xsrc":
+            start.rank = d.xsrc.score(init, ls, lt)
+        starts.append(start)
     chosen: list[Start] = []
     for into_embeddings in (True, False):  # KLs compare across target layers: the same probes, the same teacher
-        ranked = best_first("kl", [(s.kl, s) for s in starts if (s.lt == 0) == into_embeddings])
+        ranked = best_first("kl", [(s.rank, s) for s in starts if (s.lt == 0) == into_embeddings])
         chosen.extend(s for _, s in ranked[: opts.train_top])
     return chosen
 
@@ -313,6 +340,8 @@ def train_best(d: Direction, through: Through, data: Pairs, opts: SweepOptions) 
             scores["kl"] = through.score(aligner, src.encoded, ls, lt) if weight else report["heldout_kl"]
             scores["init_kl"] = s.kl
             set_snap(aligner, scores, through, src.encoded, ls, lt, opts.snaps)
+            if d.xsrc is not None:
+                scores["kl_xsrc"] = d.xsrc.score(aligner, ls, lt)
             key = MapKey.of(src.name, tgt.name, ls, lt, method)
             meta = {
                 **d.meta(x, xh, len(fit_idx)),

@@ -236,6 +236,19 @@ class Through:
         random.Random(config.seed).shuffle(held)
         return cls(target, texts, probes, teacher, train, held[: config.heldout_probes], config)
 
+    @classmethod
+    def held_out(
+        cls, target: LoadedModel, texts: list[str], probes: list[Probe], config: TrainConfig, cache: Path | None
+    ) -> Through:
+        """Probes that only score maps, never train them: every probe held out (``heldout_probes`` of them, drawn
+        with ``seed``), e.g. on passages of another source than the calibration text."""
+        if not probes:
+            raise ValueError("no probes on the held-out source's passages (too short, or no probe kinds apply)")
+        teacher = compute_teacher(target, texts, probes, config.top_k, cache)
+        held = list(range(len(probes)))
+        random.Random(config.seed).shuffle(held)
+        return cls(target, texts, probes, teacher, [], held[: config.heldout_probes], config)
+
     def loss(
         self, map_fn: Any, encoded: list[Encoded], ls: int | tuple[int, ...], lt: int, idx: list[int], grad: bool
     ) -> tuple[torch.Tensor, float]:

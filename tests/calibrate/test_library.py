@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aligners.store import best_first
+from aligners.store import best_first, same_map
 from calibrate import ConfigError, EvalConfig, FitConfig, evaluate, fit
 from calibrate.cli import _config, build_parser
 
@@ -104,3 +104,62 @@ def test_cli_defaults_are_the_configs_defaults(command: str, cls: type) -> None:
 def test_one_ranking_rule_puts_the_lowest_kl_and_the_highest_f1_first() -> None:
     assert [t for _, t in best_first("kl", [(0.3, "b"), (0.1, "a"), (0.3, "c")])] == ["a", "b", "c"]
     assert [t for _, t in best_first("f1", [(10.0, "b"), (40.0, "a"), (10.0, "c")])] == ["a", "b", "c"]
+
+
+@pytest.mark.slow
+def test_a_proxy_on_another_source_scores_every_map_and_can_rank_them(
+    tiny_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    fitted = fit(
+        FitConfig(
+            source=str(tiny_dirs["llama"]),
+            target=str(tiny_dirs["gemma3"]),
+            out=tmp_path / "maps",
+            cache=tmp_path / "cache",
+            data="builtin:fictional-qa",
+            samples=24,
+            eval_samples=4,
+            sampled=0,
+            layers="1,2",
+            target_layers="0,1",
+            methods="linear,affine",
+            directions="forward",
+            proxy_probes=8,
+            proxy_data="builtin:letters-qa",
+            proxy_samples=10,
+            rank_by="kl_xsrc",
+        )
+    )
+    assert all(r["kl_xsrc"] >= 0 and r["kl"] >= 0 for r in fitted.rows) and len(fitted.rows) == 8
+    assert fitted.calibration["proxy_data"] == "builtin:letters-qa" and fitted.calibration["n_proxy_passages"] == 10
+    assert "proxy KL, other source" in fitted.markdown()
+    # The default map is the one the other source's proxy ranks first (the calibration text's may differ).
+    manifest = json.loads((fitted.store / "manifest.json").read_text())
+    best = min(manifest["maps"], key=lambda e: e["metrics"]["kl_xsrc"])
+    assert (
+        same_map(manifest["defaults"]["llama__gemma3"], best)
+        and manifest["defaults"]["llama__gemma3"]["by"] == "kl_xsrc"
+    )
+
+
+def test_the_other_sources_passages_are_never_calibration_passages(tiny: dict[str, object]) -> None:
+    from calibrate.data import read_items
+    from calibrate.pipeline import proxy_passages
+
+    calib = read_items("builtin:fictional-qa", seed=0, builtin_size=40)
+    config = FitConfig(source="a", target="b", proxy_data="builtin:fictional-qa", proxy_samples=30, probe_tokens=8)
+    models = {"a": tiny["llama"], "b": tiny["gemma3"]}
+    proxy = proxy_passages(config, models, calib)  # type: ignore[arg-type]
+    assert proxy and not {it.context for it in proxy} & {it.context for it in calib}
+
+
+def test_every_probe_of_the_other_source_is_held_out(tiny: dict[str, object], tmp_path: Path) -> None:
+    from calibrate.data import read_items
+    from calibrate.probes import make_probes
+    from calibrate.trainer import Through, TrainConfig
+
+    target = tiny["gemma3"]
+    items = read_items("builtin:letters-qa", seed=0)[:6]
+    probes = make_probes(target, items, ["continuation", "repeat"], 8, per_passage=1)  # type: ignore[arg-type]
+    through = Through.held_out(target, [it.context for it in items], probes, TrainConfig(heldout_probes=4), None)  # type: ignore[arg-type]
+    assert through.train_idx == [] and len(through.held_idx) == 4 and set(through.held_idx) <= set(range(len(probes)))

@@ -244,15 +244,7 @@ def within_positions(items: list[Item], models: list[LoadedModel], margin: int) 
 def teacher(target: LoadedModel, calib: list[Item], config: FitConfig, timings: dict[str, float]) -> Through:
     """Probes on the calibration passages and the target's own behaviour on them (see ``calibrate.trainer``)."""
     start = time.perf_counter()
-    probes = make_probes(
-        target,
-        calib,
-        list(config.probes),
-        config.probe_tokens,
-        per_passage=config.probes_per_passage,
-        seed=config.seed,
-        cache=config.cache,
-    )
+    probes = probes_on(target, calib, config)
     timings[f"probes {target.name}"] = time.perf_counter() - start
     _, held = split_passages(len(calib), config.seed)
     start = time.perf_counter()
@@ -284,7 +276,16 @@ def held_out_source(
 ) -> HeldOutSource:
     """The target's probes on the held-out source's passages (every one held out) with the source's states of them."""
     start = time.perf_counter()
-    probes = make_probes(
+    probes = probes_on(target, passages, config)
+    texts = [it.context for it in passages]
+    through = Through.held_out(target, texts, probes, train_config(config), config.cache)
+    timings[f"held-out source probes {target.name}"] = time.perf_counter() - start
+    return HeldOutSource(through, encoded)
+
+
+def probes_on(target: LoadedModel, passages: list[Item], config: FitConfig) -> list[Any]:
+    """The target's probes of ``config.probes`` on ``passages`` (``calibrate.probes.make_probes``)."""
+    return make_probes(
         target,
         passages,
         list(config.probes),
@@ -293,10 +294,6 @@ def held_out_source(
         seed=config.seed,
         cache=config.cache,
     )
-    texts = [it.context for it in passages]
-    through = Through.held_out(target, texts, probes, train_config(config), config.cache)
-    timings[f"held-out source probes {target.name}"] = time.perf_counter() - start
-    return HeldOutSource(through, encoded)
 
 
 def train_config(config: FitConfig) -> TrainConfig:

@@ -9,29 +9,30 @@ from pathlib import Path
 import pytest
 
 from aligners.store import best_first, same_map
-from calibrate import ConfigError, EvalConfig, FitConfig, evaluate, fit
+from calibrate import ConfigError, EvalConfig, FitConfig, FitResult, evaluate, fit
 from calibrate.cli import _config, build_parser
+
+
+def tiny_fit(tiny_dirs: dict[str, Path], tmp_path: Path, **options: object) -> FitResult:
+    """A quick forward fit between the tiny llama and gemma3 on 24 builtin passages."""
+    base: dict[str, object] = {
+        "out": tmp_path / "maps",
+        "cache": tmp_path / "cache",
+        "data": "builtin:fictional-qa",
+        "samples": 24,
+        "eval_samples": 8,
+        "sampled": 0,
+        "target_layers": "0,1",
+        "methods": "linear,affine",
+        "directions": "forward",
+    }
+    config = FitConfig(source=str(tiny_dirs["llama"]), target=str(tiny_dirs["gemma3"]), **(base | options))  # type: ignore[arg-type]
+    return fit(config)
 
 
 @pytest.mark.slow
 def test_fit_and_evaluate_from_python(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
-    fitted = fit(
-        FitConfig(
-            source=str(tiny_dirs["llama"]),
-            target=str(tiny_dirs["gemma3"]),
-            out=tmp_path / "maps",
-            cache=tmp_path / "cache",
-            data="builtin:fictional-qa",
-            samples=24,
-            eval_samples=8,
-            sampled=0,
-            layers="1",
-            target_layers="0,1",
-            methods="linear,affine",
-            directions="forward",
-            proxy_probes=0,
-        )
-    )
+    fitted = tiny_fit(tiny_dirs, tmp_path, layers="1", proxy_probes=0)
     assert {(r["method"], r["target_layer"]) for r in fitted.rows} == {
         (m, t) for m in ("linear", "affine") for t in (0, 1)
     }
@@ -110,25 +111,15 @@ def test_one_ranking_rule_puts_the_lowest_kl_and_the_highest_f1_first() -> None:
 def test_a_proxy_on_another_source_scores_every_map_and_can_rank_them(
     tiny_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
-    fitted = fit(
-        FitConfig(
-            source=str(tiny_dirs["llama"]),
-            target=str(tiny_dirs["gemma3"]),
-            out=tmp_path / "maps",
-            cache=tmp_path / "cache",
-            data="builtin:fictional-qa",
-            samples=24,
-            eval_samples=4,
-            sampled=0,
-            layers="1,2",
-            target_layers="0,1",
-            methods="linear,affine",
-            directions="forward",
-            proxy_probes=8,
-            proxy_data="builtin:letters-qa",
-            proxy_samples=10,
-            rank_by="kl_xsrc",
-        )
+    fitted = tiny_fit(
+        tiny_dirs,
+        tmp_path,
+        eval_samples=4,
+        layers="1,2",
+        proxy_probes=8,
+        proxy_data="builtin:letters-qa",
+        proxy_samples=10,
+        rank_by="kl_xsrc",
     )
     assert all(r["kl_xsrc"] >= 0 and r["kl"] >= 0 for r in fitted.rows) and len(fitted.rows) == 8
     assert fitted.calibration["proxy_data"] == "builtin:letters-qa" and fitted.calibration["n_proxy_passages"] == 10

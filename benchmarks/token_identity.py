@@ -66,6 +66,7 @@ def grid_qa(src: LoadedModel, tgt: LoadedModel, spec: str, n: int) -> tuple[floa
     from calibrate.evaluation import qa_suffix
     from calibrate.scoring import f1_score, first_line
     from service.runtime.generate import SamplingParams, generate
+    from service.runtime.modes import NATIVE
     from service.runtime.prompt import Prompt
 
     items = [it for it in read_items(spec, seed=0, builtin_size=2000) if it.has_qa][:n]
@@ -80,7 +81,7 @@ def grid_qa(src: LoadedModel, tgt: LoadedModel, spec: str, n: int) -> tuple[floa
                 for start, end in src.tokenize(it.context)[1]:
                     piece = tgt.tokenize(it.context[start:end])[0]
                     single, total, ids = single + (len(piece) == 1), total + 1, ids + piece
-            prompts.append(Prompt("native", tgt.tokenize(qa_suffix(it))[0], prefix_ids=ids))
+            prompts.append(Prompt(NATIVE, tgt.tokenize(qa_suffix(it))[0], prefix_ids=ids))
         outs = generate(tgt, prompts, SamplingParams(max_new_tokens=12))
         f1s.append(sum(f1_score(first_line(o.text), it.answers) for it, o in zip(items, outs, strict=True)))
     return f1s[0] / len(items), f1s[1] / len(items), single / max(1, total)

@@ -21,7 +21,7 @@ from calibrate.probes import PROBE_KINDS
 from calibrate.sweep import METHODS, PAIRINGS, Group, SweepOptions
 from service.runtime.handover import GRIDS
 from service.runtime.loading import cache_home
-from service.runtime.modes import parse_handover_modes
+from service.runtime.modes import HandoverMode, get_mode, parse_handover_modes
 
 # What the measurements favour (docs/results/translation-quality.md): trained maps beat least squares in every mode;
 # affine least squares is level with linear everywhere measured, so only linear (the trained map's start) is fitted.
@@ -232,6 +232,11 @@ class EvalConfig(ModelOptions):
 
     def target_layer_list(self) -> list[int] | None:
         return None if self.target_layers is None else _parsed("target_layers", parse_layers, self.target_layers)
+
+    def handover_modes(self) -> list[HandoverMode]:
+        """``modes`` as the mode objects (parsed from their names here, where the option comes in)."""
+        assert isinstance(self.modes, tuple)
+        return [get_mode(m) for m in self.modes]
 
     def snap_rows(self) -> tuple[float | None, ...]:
         """The snap weights scored, one row each; (None,): each map's own."""

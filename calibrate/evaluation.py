@@ -36,7 +36,7 @@ from calibrate.scoring import exact_match, f1_score, first_line
 from service.runtime.generate import SamplingParams, generate, suffix_nll
 from service.runtime.handover import Grid, LayerMap, prepare
 from service.runtime.loading import LoadedModel, load_model
-from service.runtime.modes import get_mode
+from service.runtime.modes import NATIVE, REPLACE, HandoverMode
 from service.runtime.prompt import Prompt
 
 
@@ -106,7 +106,7 @@ class Bench:
 
 def native_builder(target: LoadedModel) -> PromptBuilder:
     def build(text: str, suffix: str) -> Prompt:
-        return prepare(target, target, text, suffix, "native", []).prompt
+        return prepare(target, target, text, suffix, NATIVE, []).prompt
 
     return build
 
@@ -115,22 +115,22 @@ def alone_builder(target: LoadedModel) -> PromptBuilder:
     """No context at all: the target reads only the suffix (the question alone; the continuation alone for NLL)."""
 
     def build(text: str, suffix: str) -> Prompt:
-        return Prompt("native", target.tokenize(suffix)[0], prefix_ids=[])
+        return Prompt(NATIVE, target.tokenize(suffix)[0], prefix_ids=[])
 
     return build
 
 
-def identity_builder(target: LoadedModel, mode: str, layer: int) -> PromptBuilder:
+def identity_builder(target: LoadedModel, mode: HandoverMode, layer: int) -> PromptBuilder:
     """The target's own states handed to itself: a perfect map, the same layer and mode (``HandoverMode.identity``)."""
 
     def build(text: str, suffix: str) -> Prompt:
-        return get_mode(mode).identity(target, text, target.tokenize(suffix)[0], layer)
+        return mode.identity(target, text, target.tokenize(suffix)[0], layer)
 
     return build
 
 
 def translated_builder(
-    source: LoadedModel, target: LoadedModel, mode: str, maps: list[LayerMap], grid: Grid = "source"
+    source: LoadedModel, target: LoadedModel, mode: HandoverMode, maps: list[LayerMap], grid: Grid = "source"
 ) -> PromptBuilder:
     def build(text: str, suffix: str) -> Prompt:
         return prepare(source, target, text, suffix, mode, maps, grid=grid).prompt
@@ -138,20 +138,14 @@ def translated_builder(
     return build
 
 
-def _layer(mode: str, layer: int) -> int:
-    """The layer a mode injects at when the map's own target layer is ``layer`` (embeds: always 0)."""
-    fixed = get_mode(mode).fixed_layer
-    return layer if fixed is None else fixed
-
-
 def _maps_for(
-    store: MapStore, source: LoadedModel, target: LoadedModel, key: MapKey, mode: str
+    store: MapStore, source: LoadedModel, target: LoadedModel, key: MapKey, mode: HandoverMode
 ) -> list[LayerMap] | None:
     """The maps a mode needs for this key's method and layers, chosen as the server chooses them (``choose``), or
     None when the store lacks them (``full`` needs per-layer maps)."""
-    layer = _layer(mode, key.target_layer)
+    layer = mode.injects_at(key.target_layer)
     try:
-        need = get_mode(mode).need
+        need = mode.need
         n_src, n_tgt = source.n_layers, target.n_layers
         main, below = choose(
             store.entries(), key.source, key.target, need, n_src, n_tgt, layer, key.method, key.source_layers
@@ -172,7 +166,7 @@ def baselines(bench: Bench, source: LoadedModel | None = None) -> dict[str, Any]
     target = bench.model
     out: dict[str, Any] = {"native": bench.qa(native_builder(target)), "alone": bench.qa(alone_builder(target))}
     nll_none = [
-        suffix_nll(target, [Prompt("native", target.tokenize(split_continuation(it.context)[1])[0], prefix_ids=[])])[0]
+        suffix_nll(target, [Prompt(NATIVE, target.tokenize(split_continuation(it.context)[1])[0], prefix_ids=[])])[0]
         for it in bench.items
     ]
     out["none"] = {"nll": sum(nll_none) / max(1, len(nll_none))}
@@ -200,9 +194,9 @@ def screen(
     target = bench.model
     for e in tqdm(entries, desc=f"screen {source.name}->{target.name}", unit="map"):
         key = MapKey.from_entry(e)
-        maps = _maps_for(store, source, target, key, "replace")
+        maps = _maps_for(store, source, target, key, REPLACE)
         assert maps is not None  # the entry itself exists
-        scores = bench.qa(translated_builder(source, target, "replace", maps), bench.items[:n_items])
+        scores = bench.qa(translated_builder(source, target, REPLACE, maps), bench.items[:n_items])
         rows.append({**key.as_dict(), "f1": scores["f1"], "nll": scores["nll"]})
     return rows
 
@@ -236,34 +230,35 @@ def score_modes(
     translated, identity = [], {}
     for _, row in tqdm(sorted(best.items()), desc=f"modes {source.name}->{target.name}", unit="method"):
         key = MapKey.from_entry(row)
-        for mode, grid, snap in [(m, g, w) for m in config.modes for g in config.grids for w in config.snap_rows()]:
-            layer = _layer(mode, key.target_layer)
+        modes = config.handover_modes()
+        for mode, grid, snap in [(m, g, w) for m in modes for g in config.grids for w in config.snap_rows()]:
+            layer = mode.injects_at(key.target_layer)
             maps = _maps_for(store, source, target, key, mode)
             if maps is None:
-                translated.append({**key.as_dict(), "mode": mode, "grid": grid, "missing": "maps not in store"})
+                translated.append({**key.as_dict(), "mode": mode.name, "grid": grid, "missing": "maps not in store"})
                 continue
             maps = [replace(m, snap_weight=snap) for m in maps]
             # last_token places its vector after every scored continuation token: its NLL would be the no-context
             # NLL by construction, so none is reported.
-            with_nll = get_mode(mode).scores_continuation
+            with_nll = mode.scores_continuation
             builder = translated_builder(source, target, mode, maps, cast(Grid, grid))
             scores = bench.qa(builder, with_nll=with_nll)
             if bench.texts and with_nll:
                 scores["text_nll"] = bench.text_nll(builder)
                 scores["text_cbr"] = ratio(base["text"]["none"], scores["text_nll"], base["text"]["native"])
-            if (mode, layer) not in identity:
-                identity[(mode, layer)] = bench.qa(identity_builder(target, mode, layer), with_nll=with_nll)
+            if (mode.name, layer) not in identity:
+                identity[(mode.name, layer)] = bench.qa(identity_builder(target, mode, layer), with_nll=with_nll)
             translated.append(
                 {
                     **key.as_dict(),
-                    "mode": mode,
+                    "mode": mode.name,
                     "grid": grid,
                     "snap": maps[-1].snap,
                     "layers": maps[-1].label,  # the map this mode used
                     **scores,
                     "cbr": ratio(base["none"]["nll"], scores["nll"], base["native"]["nll"]) if with_nll else None,
                     "pct_native": 100 * scores["f1"] / native_f1 if native_f1 else float("nan"),
-                    "identity_f1": identity[(mode, layer)]["f1"],
+                    "identity_f1": identity[(mode.name, layer)]["f1"],
                 }
             )
     return translated, identity

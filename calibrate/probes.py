@@ -24,6 +24,7 @@ from tqdm import tqdm
 from calibrate.data import Item, cached_json
 from service.runtime.generate import SamplingParams, generate
 from service.runtime.loading import LoadedModel
+from service.runtime.modes import NATIVE
 from service.runtime.prompt import Prompt
 
 PROBE_KINDS = ("continuation", "repeat", "qa", "cloze")
@@ -111,7 +112,7 @@ def native_answers(
         for start in tqdm(range(0, len(items), batch_size), desc="native answers", unit="batch", leave=False):
             chunk = items[start : start + batch_size]
             prompts = [
-                Prompt("native", target.tokenize(qa_suffix(it.question))[0], prefix_ids=target.tokenize(it.context)[0])
+                Prompt(NATIVE, target.tokenize(qa_suffix(it.question))[0], prefix_ids=target.tokenize(it.context)[0])
                 for it in chunk
             ]
             out.extend(c.text.split("\n")[0] for c in generate(target, prompts, params))

@@ -18,6 +18,7 @@ from calibrate.data import Item, cached_json
 from calibrate.prose import MAX_CHARS, MIN_CHARS
 from service.runtime.generate import SamplingParams, generate
 from service.runtime.loading import LoadedModel
+from service.runtime.modes import NATIVE
 from service.runtime.prompt import Prompt
 
 SAMPLE_TOKENS = 160  # about 600 characters of English
@@ -54,7 +55,7 @@ def sample_passages(
                 SamplingParams(max_new_tokens=tokens, temperature=TEMPERATURE, top_p=TOP_P, seed=seed * 1_000_003 + i)
                 for i in range(start, start + count)
             ]
-            outs = generate(model, [Prompt("native", [], prefix_ids=[]) for _ in range(count)], params)
+            outs = generate(model, [Prompt(NATIVE, [], prefix_ids=[]) for _ in range(count)], params)
             texts.extend(out.text for out in outs)
         return texts
 

@@ -2,8 +2,9 @@
 
 Teacher: the target reading a passage natively, then a probe (``calibrate.probes``); at each probe token its top-k
 next-token log-probabilities and its final hidden state (after the final norm) are kept, computed once per run and
-cached on disk. Student: the same probe read after the passage arrives through the source model and the map (mode
-``embeds`` for a map into layer 0, ``replace`` at the map's target layer otherwise). Loss per probe token:
+cached on disk. Student: the same probe read after the passage arrives through the source model and the map, in the
+mode ``modes.default_mode`` gives the map's target layer (``embeds`` into layer 0, ``replace`` deeper). Loss per
+probe token:
 
     KL(teacher ‖ student) over the teacher's top-k tokens plus one bin for the rest of the vocabulary
     + hidden_weight · ‖norm(h_student) − norm(h_teacher)‖² / mean ‖norm(h_teacher)‖²
@@ -43,6 +44,7 @@ from calibrate.probes import Probe
 from service.runtime.encode import Encoded
 from service.runtime.generate import Prefill
 from service.runtime.loading import LoadedModel
+from service.runtime.modes import NATIVE, default_mode
 from service.runtime.prompt import Prompt
 from service.runtime.snap import toward_vocabulary
 from service.runtime.stack import frozen
@@ -128,11 +130,6 @@ class Teacher:
     hidden: list[torch.Tensor]
 
 
-def mode_for(layer: int) -> str:
-    """The handover mode a map into ``layer`` is trained and scored in."""
-    return "embeds" if layer == 0 else "replace"
-
-
 def _teacher_key(target: LoadedModel, texts: list[str], probes: list[Probe], top_k: int) -> str:
     payload = json.dumps([texts, [(p.passage, p.cut, p.ids) for p in probes], top_k])
     return f"{target.fingerprint}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
@@ -158,7 +155,7 @@ def compute_teacher(
     lps, ids, hidden = [], [], []
     for start in tqdm(range(0, len(probes), batch_size), desc=f"teacher {target.name}", unit="batch", leave=False):
         chunk = probes[start : start + batch_size]
-        prompts = [Prompt("native", p.ids, prefix_ids=target.tokenize(texts[p.passage][: p.cut])[0]) for p in chunk]
+        prompts = [Prompt(NATIVE, p.ids, prefix_ids=target.tokenize(texts[p.passage][: p.cut])[0]) for p in chunk]
         prefill = Prefill(target, prompts)
         prefill.run()
         for tail in prefill.tails:
@@ -262,7 +259,7 @@ class Through:
                 if states.shape[0] == 0:
                     continue
                 mapped = map_fn(states.to(stack.device)).to(stack.dtype)
-                prompts.append(Prompt(mode_for(lt), p.ids, layer=lt, states=mapped))
+                prompts.append(Prompt(default_mode(lt), p.ids, layer=lt, states=mapped))
                 used.append(i)
             if not prompts:
                 return torch.zeros((), requires_grad=grad), 0.0

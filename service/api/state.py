@@ -26,7 +26,7 @@ from service.backends import Backend, make_backend
 from service.runtime.encode import encode
 from service.runtime.handover import Encoder, LayerMap, needed_layers, prepare
 from service.runtime.loading import LoadedModel, load_model
-from service.runtime.modes import get_mode
+from service.runtime.modes import HandoverMode, default_mode
 from service.runtime.prompt import Prompt
 from service.settings import Settings
 
@@ -42,9 +42,10 @@ def check_room(target: LoadedModel, prompt: Prompt, max_new_tokens: int) -> None
 
 @dataclass
 class Resolved:
-    """The mode and maps one request uses, and the layer pair and method it reports."""
+    """The mode and maps one request uses (``mode`` None: ``/translate``, maps into any layer), and the layer pair
+    and method it reports."""
 
-    mode: str
+    mode: HandoverMode | None
     maps: list[LayerMap]
     source_layer: int | None
     target_layer: int | None
@@ -227,11 +228,11 @@ class ServiceState:
                 self._maps.popitem(last=False)
         return aligner
 
-    def backend(self, target: str, mode: str, layer: int) -> Backend:
+    def backend(self, target: str, mode: HandoverMode, layer: int) -> Backend:
         backend = self.backends[target]
         if not backend.supports(mode, layer):
             raise InvalidRequestError(
-                f"the {backend.name} backend serving {target} cannot run mode {mode!r} at layer "
+                f"the {backend.name} backend serving {target} cannot run mode {mode.name!r} at layer "
                 f"{layer}; the transformers backend serves it"
             )
         return backend
@@ -243,11 +244,13 @@ class ServiceState:
         src, tgt = self.model(req.source), self.model(req.target)
         encoder = self.encoder(req.source, needed_layers(resolved.maps))
 
+        mode = resolved.mode
+        assert mode is not None  # a generate request's mode, resolved where the request came in
+
         def build() -> tuple[Prompt, dict[str, float], int]:
-            mode = resolved.mode
             handover = prepare(src, tgt, req.text, req.prompt, mode, resolved.maps, req.op, encoder, req.grid)
             check_room(tgt, handover.prompt, req.max_new_tokens)
-            return handover.prompt, handover.timings_ms, 0 if mode == "native" else len(handover.source_ids)
+            return handover.prompt, handover.timings_ms, len(handover.source_ids) if mode.uses_maps else 0
 
         return build
 
@@ -261,17 +264,20 @@ class ServiceState:
         result.timings_ms["total"] = (time.perf_counter() - t0) * 1e3
         return result
 
-    def default_mode(self, source: str, target: str, layer: int | None) -> str:
-        """The mode of a request that names none: ``embeds`` where the handover enters the target at layer 0 (the
-        request's ``layer``, else the pair's default map's target layer), ``replace`` otherwise."""
+    def default_mode(self, source: str, target: str, layer: int | None) -> HandoverMode:
+        """The mode of a request that names none (``modes.default_mode``) where the handover enters the target: the
+        request's ``layer``, else the pair's default map's target layer."""
         if layer is None:
             layer = self.defaults.get(f"{source}__{target}", {}).get("target_layer")
-        return "embeds" if layer == 0 else "replace"
+        return default_mode(layer)
 
-    def resolve(self, source: str, target: str, mode: str, layer: int | None, method: str | None) -> Resolved:
-        """The maps a handover needs (none for ``native``), chosen by ``aligners.resolve.choose``."""
+    def resolve(
+        self, source: str, target: str, mode: HandoverMode | None, layer: int | None, method: str | None
+    ) -> Resolved:
+        """The maps a handover in ``mode`` needs (none for ``native``; None: ``/translate``, a map into any layer),
+        chosen by ``aligners.resolve.choose``."""
         src, tgt = self.model(source), self.model(target)
-        if mode != "translate" and not get_mode(mode).uses_maps:
+        if mode is not None and not mode.uses_maps:
             return Resolved(mode, [], None, None, None)
         if layer is not None and layer >= tgt.n_layers:
             raise InvalidRequestError(f"layer must be in [0, {tgt.n_layers - 1}] for {target}, got {layer}")
@@ -281,7 +287,7 @@ class ServiceState:
                 f"{sorted({e['source'] + ' -> ' + e['target'] for e in self.served})}"
             )
         try:
-            need = TRANSLATE if mode == "translate" else get_mode(mode).need
+            need = TRANSLATE if mode is None else mode.need
             default = self.defaults.get(f"{source}__{target}")
             key, below = choose(
                 self.served, source, target, need, src.n_layers, tgt.n_layers, layer, method, default=default

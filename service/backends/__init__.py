@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from service.runtime.generate import SamplingParams, StepEvent, stream_batch
 from service.runtime.loading import LoadedModel
+from service.runtime.modes import HandoverMode
 from service.runtime.prompt import Prompt
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 class Backend(Protocol):
     name: str
 
-    def supports(self, mode: str, layer: int) -> bool:
+    def supports(self, mode: HandoverMode, layer: int) -> bool:
         """Whether this backend can run a handover mode at a target layer."""
         ...
 
@@ -44,7 +45,7 @@ class TransformersBackend:
     def __init__(self, target: LoadedModel, settings: Settings | None = None) -> None:
         self.target = target
 
-    def supports(self, mode: str, layer: int) -> bool:
+    def supports(self, mode: HandoverMode, layer: int) -> bool:
         return True
 
     def stream(

@@ -19,7 +19,7 @@ import torch
 
 from service.runtime.generate import Completion, SamplingParams, StepEvent, check_prompt
 from service.runtime.loading import LoadedModel, publish_model_folder, resolve_spec
-from service.runtime.modes import get_mode
+from service.runtime.modes import HandoverMode
 from service.runtime.prompt import Prompt
 
 
@@ -111,16 +111,16 @@ class VLLMBackend:
         if engine is not None:
             engine.engine_core.shutdown()
 
-    def supports(self, mode: str, layer: int) -> bool:
-        return get_mode(mode).on_input_embeddings(layer)
+    def supports(self, mode: HandoverMode, layer: int) -> bool:
+        return mode.on_input_embeddings(layer)
 
     def engine_prompt(self, prompt: Prompt) -> dict[str, Any]:
         """The vLLM prompt for a runtime prompt: token ids, or token ids mixed with embedding rows."""
         start = [self.target.start_token_id]
-        if prompt.mode == "native":
+        if not prompt.mode.uses_maps:  # B reads the text itself
             return {"prompt_token_ids": start + (prompt.prefix_ids or []) + prompt.suffix_ids}
         if not self.supports(prompt.mode, prompt.layer) or prompt.states is None:
-            raise ValueError(f"the vllm backend cannot run mode {prompt.mode!r} at layer {prompt.layer}")
+            raise ValueError(f"the vllm backend cannot run mode {prompt.mode.name!r} at layer {prompt.layer}")
         states = prompt.states.detach().to("cpu", torch.float32)
         n, d = states.shape
         ids = start + [0] * n + prompt.suffix_ids  # 0: a placeholder where the embedding rows go

@@ -11,7 +11,6 @@ from typing import Literal
 import torch
 
 from service.runtime.loading import LoadedModel
-from service.runtime.modes import get_mode
 from service.runtime.prompt import Prompt
 from service.runtime.stack import KVCache
 
@@ -51,7 +50,7 @@ class StepEvent:
 
 def check_prompt(target: LoadedModel, prompt: Prompt) -> None:
     """Raise ValueError for a prompt the target cannot take (checked before any model work)."""
-    get_mode(prompt.mode).check(target, prompt)
+    prompt.mode.check(target, prompt)
 
 
 class Prefill:
@@ -60,7 +59,7 @@ class Prefill:
     def __init__(self, target: LoadedModel, prompts: list[Prompt], grad: bool = False) -> None:
         if not prompts:
             raise ValueError("no prompts to generate from")
-        modes = {(p.mode, p.layer if p.mode != "native" else 0) for p in prompts}
+        modes = {(p.mode.name, p.mode.injection_layer(p.layer)) for p in prompts}
         if len(modes) != 1:
             raise ValueError(f"one batch must share mode and layer, got {sorted(modes)}")
         for p in prompts:
@@ -70,14 +69,14 @@ class Prefill:
         self.cache = KVCache.empty(self.stack.n_layers)
         self.grad = grad  # record autograd history from the handed-over states to the outputs (training a map)
         self.mode = prompts[0].mode
-        self.layer = prompts[0].layer if self.mode != "native" else 0
+        self.layer = self.mode.injection_layer(prompts[0].layer)
         # Per prompt, final hidden states (before the norm) from the last position before the suffix through the end
         # of the suffix: what scoring the suffix's likelihood needs. Set by run().
         self.tails: list[torch.Tensor] = []
 
     def run(self, capture: set[int] | None = None) -> tuple[torch.Tensor, list[int], dict[int, torch.Tensor]]:
         """Returns (last logits (B, vocab), next position per prompt, captured prefix states per layer (B, n, d))."""
-        return get_mode(self.mode).prefill(self, capture)
+        return self.mode.prefill(self, capture)
 
     def last_logits(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         last = valid.sum(dim=1) - 1

@@ -17,7 +17,7 @@ from aligners import Aligner
 from aligners.store import layers_name
 from service.runtime.encode import Encoded, encode
 from service.runtime.loading import LoadedModel
-from service.runtime.modes import Handed, get_mode
+from service.runtime.modes import Handed, HandoverMode, Mode, as_mode
 from service.runtime.pairing import grid_indices
 from service.runtime.prompt import LastTokenOp, Prompt
 from service.runtime.snap import toward_vocabulary
@@ -87,20 +87,19 @@ class Projected:
     snap: dict[int, float] = field(default_factory=dict)  # target layer -> snap weight of its map (``LayerMap.snap``)
 
 
-def check_maps(mode: str, maps: list[LayerMap], source: int, target: int) -> None:
+def check_maps(mode: HandoverMode, maps: list[LayerMap], source: int, target: int) -> None:
     """Refuse maps that do not fit a mode (``HandoverMode.map_layers``) or the models' widths (``source`` ->
     ``target`` hidden sizes)."""
-    handover_mode = get_mode(mode)
-    if not handover_mode.uses_maps:
+    if not mode.uses_maps:
         return
     if not maps:
-        raise ValueError(f"mode {mode!r} needs at least one map")
+        raise ValueError(f"mode {mode.name!r} needs at least one map")
     by_target = {m.target_layer for m in maps}
     layer = max(by_target)
-    need = handover_mode.map_layers(layer)
+    need = mode.map_layers(layer)
     if sorted(by_target) != need or len(maps) != len(need):
-        into = f"target layers 0..{layer}" if handover_mode.per_layer_maps else f"target layer {layer} only"
-        raise ValueError(f"mode {mode!r} at layer {layer} needs maps into {into}, got {sorted(by_target)}")
+        into = f"target layers 0..{layer}" if mode.per_layer_maps else f"target layer {layer} only"
+        raise ValueError(f"mode {mode.name!r} at layer {layer} needs maps into {into}, got {sorted(by_target)}")
     for m in maps:
         width = source * len(m.source_layers)
         if m.aligner.d_src != width or m.aligner.d_tgt != target:
@@ -133,7 +132,7 @@ def build_prompt(
     target: LoadedModel,
     text: str,
     suffix: str,
-    mode: str,
+    mode: Mode,
     projected: Projected | None,
     op: LastTokenOp = "replace",
     grid: Grid = "source",
@@ -152,7 +151,7 @@ def build_prompt(
         mapped = {k: v[rows.to(v.device)] for k, v in mapped.items()}
     elif grid not in GRIDS:
         raise ValueError(f"grid must be one of {', '.join(GRIDS)}, got {grid!r}")
-    return get_mode(mode).build(Handed(target, text, suffix_ids, mapped, max(mapped, default=0), op))
+    return as_mode(mode).build(Handed(target, text, suffix_ids, mapped, max(mapped, default=0), op))
 
 
 def prepare(
@@ -160,7 +159,7 @@ def prepare(
     target: LoadedModel,
     text: str,
     suffix: str,
-    mode: str,
+    mode: Mode,
     maps: list[LayerMap],
     op: LastTokenOp = "replace",
     encoder: Encoder | None = None,
@@ -174,7 +173,8 @@ def prepare(
     source's states (default: ``encode`` with the source's transformers modules); ``grid`` whose token grid the
     handed-over states follow (``build_prompt``).
     """
-    if not get_mode(mode).uses_maps:
+    mode = as_mode(mode)
+    if not mode.uses_maps:
         ids, offsets = target.tokenize(text)
         prompt = build_prompt(target, text, suffix, mode, None, op)
         return Handover(prompt, ids, offsets, {"encode": 0.0, "project": 0.0})

@@ -21,7 +21,7 @@ Adding a mode = one class here, registered in ``MODES``, plus its tests.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, TypeAlias
 
 import torch
 
@@ -77,6 +77,18 @@ class HandoverMode:
     scores_continuation: ClassVar[bool] = True  # last_token's vector follows every scored token: no NLL to report
     needs_suffix: ClassVar[bool] = False
 
+    def injection_layer(self, layer: int) -> int:
+        """The layer a prompt of this mode enters the target at, given the prompt's ``layer``."""
+        return layer
+
+    def injects_at(self, map_layer: int) -> int:
+        """The layer this mode injects at when its map enters the target at ``map_layer`` (embeds: always 0)."""
+        return map_layer if self.fixed_layer is None else self.fixed_layer
+
+    def prefix_len(self, prompt: Prompt) -> int:
+        """How many handed-over positions the prompt places before its suffix."""
+        return 0 if prompt.states is None else int(prompt.states.shape[0])
+
     def layer_for(self, requested: int | None) -> int | None:
         """The injection layer for a requested one (None = the default map's); refuses a layer the mode cannot use."""
         if self.fixed_layer is not None:
@@ -101,7 +113,7 @@ class HandoverMode:
         return Need(self.name, fixed_layer=self.fixed_layer, per_layer=self.per_layer_maps)
 
     def build(self, h: Handed) -> Prompt:
-        return Prompt(self.name, h.suffix_ids, layer=h.layer, states=h.mapped[h.layer])
+        return Prompt(self, h.suffix_ids, layer=h.layer, states=h.mapped[h.layer])
 
     def check(self, target: LoadedModel, prompt: Prompt) -> None:
         """This mode's checks of a prompt, before any model work."""
@@ -109,7 +121,7 @@ class HandoverMode:
         d = target.hidden_size
         if prompt.states is None or prompt.states.dim() != 2 or prompt.states.shape[1] != d:
             got = None if prompt.states is None else tuple(prompt.states.shape)
-            raise ValueError(f"mode {prompt.mode!r} needs states of shape (n, {d}), got {got}")
+            raise ValueError(f"mode {self.name!r} needs states of shape (n, {d}), got {got}")
 
     def prefill(self, pf: Prefill, capture: set[int] | None) -> PrefillResult:
         raise NotImplementedError
@@ -130,11 +142,17 @@ class Native(HandoverMode):
     def layer_for(self, requested: int | None) -> int | None:
         return None
 
+    def injection_layer(self, layer: int) -> int:
+        return 0  # B reads the text from its embeddings up
+
+    def prefix_len(self, prompt: Prompt) -> int:
+        return len(prompt.prefix_ids or [])
+
     def on_input_embeddings(self, layer: int) -> bool:
         return True
 
     def build(self, h: Handed) -> Prompt:
-        return Prompt(self.name, h.suffix_ids, prefix_ids=h.target.tokenize(h.text)[0])
+        return Prompt(self, h.suffix_ids, prefix_ids=h.target.tokenize(h.text)[0])
 
     def check(self, target: LoadedModel, prompt: Prompt) -> None:
         if prompt.prefix_ids is None:
@@ -154,8 +172,11 @@ class LastToken(HandoverMode):
     scores_continuation = False
     needs_suffix = True
 
+    def prefix_len(self, prompt: Prompt) -> int:
+        return 0  # the handed-over vector sits on the suffix's last token
+
     def build(self, h: Handed) -> Prompt:
-        return Prompt(self.name, h.suffix_ids, layer=h.layer, last_state=h.mapped[h.layer][-1], op=h.op)
+        return Prompt(self, h.suffix_ids, layer=h.layer, last_state=h.mapped[h.layer][-1], op=h.op)
 
     def check(self, target: LoadedModel, prompt: Prompt) -> None:
         check_layer(target, prompt)
@@ -239,8 +260,8 @@ class Embeds(Replace):
     fixed_layer = 0
 
     def check(self, target: LoadedModel, prompt: Prompt) -> None:
-        if prompt.layer != 0:
-            raise ValueError("mode 'embeds' injects at layer 0")
+        if prompt.layer != self.fixed_layer:
+            raise ValueError(f"mode 'embeds' injects at layer {self.fixed_layer}")
         super().check(target, prompt)
 
 
@@ -253,7 +274,7 @@ class Full(Replace):
 
     def build(self, h: Handed) -> Prompt:
         below = {k: v for k, v in h.mapped.items() if k < h.layer}
-        return Prompt(self.name, h.suffix_ids, layer=h.layer, states=h.mapped[h.layer], layer_states=below)
+        return Prompt(self, h.suffix_ids, layer=h.layer, states=h.mapped[h.layer], layer_states=below)
 
     def check(self, target: LoadedModel, prompt: Prompt) -> None:
         super().check(target, prompt)
@@ -296,6 +317,24 @@ def parse_handover_modes(text: str) -> list[str]:
 
 
 def get_mode(name: str) -> HandoverMode:
+    """The mode of a name, where a name comes in (a request, an option); refuses an unknown one."""
     if name not in MODES:
         raise ValueError(f"unknown mode {name!r}; choose one of {list(MODES)}")
     return MODES[name]
+
+
+Mode: TypeAlias = "HandoverMode | str"  # what the Python API takes: a mode, or its name
+
+
+def as_mode(mode: Mode) -> HandoverMode:
+    """A mode given as itself or by name (the Python API's edge)."""
+    return mode if isinstance(mode, HandoverMode) else get_mode(mode)
+
+
+NATIVE, REPLACE, EMBEDS = MODES["native"], MODES["replace"], MODES["embeds"]
+
+
+def default_mode(layer: int | None) -> HandoverMode:
+    """The mode of a handover that names none: ``embeds`` where it enters the target at layer 0, ``replace``
+    otherwise (also how a map into ``layer`` is trained and scored)."""
+    return EMBEDS if layer == EMBEDS.fixed_layer else REPLACE

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
+
+if TYPE_CHECKING:
+    from service.runtime.modes import HandoverMode
 
 LastTokenOp = Literal["replace", "sum", "mean"]
 
 
 @dataclass
 class Prompt:
-    """What the target model receives for one request; ``mode`` names its handover mode (``modes.MODES``)."""
+    """What the target model receives for one request, and the handover mode that builds and prefills it."""
 
-    mode: str
+    mode: HandoverMode
     suffix_ids: list[int] = field(default_factory=list)
     layer: int = 0
     prefix_ids: list[int] | None = None  # native: B's own tokens of the text
@@ -25,11 +28,8 @@ class Prompt:
 
     @property
     def prefix_len(self) -> int:
-        if self.mode == "native":
-            return len(self.prefix_ids or [])
-        if self.mode == "last_token":
-            return 0
-        return 0 if self.states is None else int(self.states.shape[0])
+        """Positions before the suffix: the text's own tokens (native) or the handed-over states."""
+        return self.mode.prefix_len(self)
 
 
 def pad_ids(rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

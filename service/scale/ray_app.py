@@ -48,7 +48,7 @@ from service.backends import make_backend
 from service.runtime.generate import SamplingParams, StepEvent
 from service.runtime.handover import LayerMap, Projected, build_prompt, needed_layers, project
 from service.runtime.loading import load_model
-from service.runtime.modes import get_mode
+from service.runtime.modes import HandoverMode
 from service.settings import Settings
 
 log = logging.getLogger("interlingua")
@@ -79,7 +79,7 @@ class PendingHandover:
     request_id: str
     text: str
     suffix: str
-    mode: str
+    mode: str  # the handover mode's name
     op: str
     grid: str
     max_new_tokens: int
@@ -240,8 +240,8 @@ class RayBackend:
         self.handle, self.card = handle, card
         self.name = card.backend  # what decodes in the target deployment
 
-    def supports(self, mode: str, layer: int) -> bool:
-        return self.card.backend == "transformers" or get_mode(mode).on_input_embeddings(layer)
+    def supports(self, mode: HandoverMode, layer: int) -> bool:
+        return self.card.backend == "transformers" or mode.on_input_embeddings(layer)
 
     def stream(
         self, prompts: list[Any], params: list[SamplingParams], stop: Callable[[int], bool] | None = None
@@ -337,7 +337,8 @@ class RayState(ServiceState):
             return self._source(req.source).project.remote(rid, req.text, maps, target_fp)
 
         def build() -> tuple[PendingHandover, dict[str, float], int]:
-            h = PendingHandover(rid, req.text, req.prompt, resolved.mode, req.op, req.grid, req.max_new_tokens)
+            mode = resolved.mode.name  # a name travels to the target replica
+            h = PendingHandover(rid, req.text, req.prompt, mode, req.op, req.grid, req.max_new_tokens)
             if maps:
                 h.project = project
                 h.projected = project()

@@ -16,6 +16,7 @@ from calibrate.cli import main
 from calibrate.layers import parse_layer_groups
 from calibrate.sweep import layer_pairs
 from service.runtime.loading import LoadedModel
+from service.runtime.modes import get_mode
 
 pytestmark = pytest.mark.slow
 
@@ -255,16 +256,16 @@ def test_eval_scores_the_maps_the_server_would_serve(
     state.load()
     for mode, layer in (("embeds", 0), ("replace", 1), ("full", 1), ("last_token", 1)):
         for method in ("affine", "procrustes"):
-            served = state.resolve("llama", "gemma3", mode, layer, method)
+            served = state.resolve("llama", "gemma3", get_mode(mode), layer, method)
             key = MapKey("llama", "gemma3", served.source_layer or 0, layer, method)
-            scored = _maps_for(store, src, tgt, key, mode)
+            scored = _maps_for(store, src, tgt, key, get_mode(mode))
             assert scored is not None
             assert sorted((m.source_layer, m.target_layer) for m in scored) == sorted(
                 (m.source_layer, m.target_layer) for m in served.maps
             ), (mode, method)
     # A source layer with no map into layer 0: eval, like the server, takes the best map of the method into it.
-    fallback = _maps_for(store, src, tgt, MapKey("llama", "gemma3", 3, 1, "affine"), "embeds")
-    best = state.resolve("llama", "gemma3", "embeds", None, "affine")
+    fallback = _maps_for(store, src, tgt, MapKey("llama", "gemma3", 3, 1, "affine"), get_mode("embeds"))
+    best = state.resolve("llama", "gemma3", get_mode("embeds"), None, "affine")
     assert fallback is not None and [(m.source_layer, m.target_layer) for m in fallback] == [(best.source_layer, 0)]
 
 

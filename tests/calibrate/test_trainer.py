@@ -371,7 +371,7 @@ def test_maps_from_concatenated_source_layers_fit_train_evaluate_and_serve(
     state = ServiceState(Settings(models=models, maps=out, prepare_maps=False))
     state.load()
     assert state.status == "ready", state.detail
-    resolved = state.resolve("llama", "gemma3", "translate", 0, "distill")
+    resolved = state.resolve("llama", "gemma3", None, 0, "distill")
     want = [0, 2] if best is concat else None
     assert resolved.source_layers == want
     req = TranslateRequest(source="llama", target="gemma3", text="the mill of Varn", method="distill", layer=0)

@@ -9,6 +9,7 @@ from transformers import PreTrainedTokenizerFast
 
 from service.runtime.generate import SamplingParams, generate
 from service.runtime.loading import LoadedModel, fingerprint, start_token
+from service.runtime.modes import NATIVE
 from service.runtime.prompt import Prompt
 from tests.tiny import corpus, make_model
 
@@ -44,7 +45,7 @@ def test_a_continuation_keeps_its_leading_space() -> None:
 def test_generated_text_is_decoded_in_context() -> None:
     m = _model()
     torch.manual_seed(0)
-    prompt = Prompt("native", m.tokenize(" question:")[0], prefix_ids=m.tokenize("the mill was built by")[0])
+    prompt = Prompt(NATIVE, m.tokenize(" question:")[0], prefix_ids=m.tokenize("the mill was built by")[0])
     out = generate(m, [prompt], SamplingParams(max_new_tokens=6, ignore_eos=True))[0]
     assert out.text == m.decode_continuation(out.token_ids)
     first = m.tokenizer.convert_ids_to_tokens(out.token_ids[:1])[0]

@@ -10,6 +10,7 @@ from aligners.store import matching_layer
 from service.runtime.generate import SamplingParams, check_prompt, generate, nucleus, sample, stream_batch
 from service.runtime.handover import LayerMap, prepare
 from service.runtime.loading import LoadedModel, fingerprint, load_model
+from service.runtime.modes import NATIVE, get_mode
 from service.runtime.pairing import grid_indices
 from service.runtime.prompt import Prompt
 from tests.runtime.test_oracles import SUFFIX, TEXT, prompt_for
@@ -99,18 +100,19 @@ def test_bad_prompts_are_refused_before_model_work(tiny: dict[str, LoadedModel])
     d, n = m.hidden_size, m.n_layers
     states = torch.zeros(3, d)
     cases = [
-        (Prompt("replace", [5], layer=n, states=states), "layer must be in"),
-        (Prompt("replace", [5], layer=1, states=torch.zeros(3, d + 1)), "states of shape"),
-        (Prompt("embeds", [5], layer=1, states=states), "layer 0"),
-        (Prompt("full", [5], layer=2, states=states, layer_states={0: states}), "layer_states for"),
-        (Prompt("last_token", [], layer=1, last_state=torch.zeros(d)), "needs a suffix"),
-        (Prompt("last_token", [5], layer=1, last_state=torch.zeros(d + 2)), "last_state of shape"),
-        (Prompt("native", [5]), "prefix_ids"),
-        (Prompt("telepathy", [5]), "unknown mode"),  # type: ignore[arg-type]
+        (Prompt(get_mode("replace"), [5], layer=n, states=states), "layer must be in"),
+        (Prompt(get_mode("replace"), [5], layer=1, states=torch.zeros(3, d + 1)), "states of shape"),
+        (Prompt(get_mode("embeds"), [5], layer=1, states=states), "layer 0"),
+        (Prompt(get_mode("full"), [5], layer=2, states=states, layer_states={0: states}), "layer_states for"),
+        (Prompt(get_mode("last_token"), [], layer=1, last_state=torch.zeros(d)), "needs a suffix"),
+        (Prompt(get_mode("last_token"), [5], layer=1, last_state=torch.zeros(d + 2)), "last_state of shape"),
+        (Prompt(NATIVE, [5]), "prefix_ids"),
     ]
     for prompt, message in cases:
         with pytest.raises(ValueError, match=message):
             check_prompt(m, prompt)
+    with pytest.raises(ValueError, match="unknown mode 'telepathy'"):
+        get_mode("telepathy")  # a name becomes a mode where it comes in, or is refused there
     with pytest.raises(ValueError, match="share mode and layer"):
         generate(m, [prompt_for(m, "replace", 1), prompt_for(m, "replace", 2)], SamplingParams())
     with pytest.raises(ValueError, match="max_new_tokens"):

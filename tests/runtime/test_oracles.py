@@ -16,6 +16,7 @@ import torch
 from service.runtime.encode import encode
 from service.runtime.generate import Prefill, SamplingParams, generate
 from service.runtime.loading import LoadedModel
+from service.runtime.modes import NATIVE, get_mode
 from service.runtime.prompt import Prompt
 from service.runtime.stack import KVCache
 from tests.conftest import ARCHS
@@ -34,12 +35,14 @@ def prompt_for(m: LoadedModel, mode: str, layer: int, text: str = TEXT, suffix: 
     ids, states = own_states(m, text)
     sfx, _ = m.tokenize(suffix)
     if mode == "native":
-        return Prompt("native", sfx, prefix_ids=ids)
+        return Prompt(NATIVE, sfx, prefix_ids=ids)
     if mode == "full":
-        return Prompt("full", sfx, layer=layer, states=states[layer], layer_states={k: states[k] for k in range(layer)})
+        return Prompt(
+            get_mode("full"), sfx, layer=layer, states=states[layer], layer_states={k: states[k] for k in range(layer)}
+        )
     if mode == "last_token":
-        return Prompt("last_token", sfx, layer=layer, last_state=states[layer][-1])
-    return Prompt(mode, sfx, layer=layer, states=states[layer])  # type: ignore[arg-type]
+        return Prompt(get_mode("last_token"), sfx, layer=layer, last_state=states[layer][-1])
+    return Prompt(get_mode(mode), sfx, layer=layer, states=states[layer])
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -119,13 +122,13 @@ def test_cached_decoding_equals_full_recomputation(tiny: dict[str, LoadedModel],
     # Recompute: at every step, prefill from scratch with the generated tokens appended to the suffix.
     suffix = list(p.suffix_ids)
     for token in out.token_ids:
-        q = Prompt("replace", suffix, layer=2, states=p.states)
+        q = Prompt(get_mode("replace"), suffix, layer=2, states=p.states)
         logits = prefill_logits(m, q)
         assert int(torch.argmax(logits)) == token
         suffix.append(token)
     cached_logits, recomputed = [], []
     for step in range(3):
-        q = Prompt("replace", p.suffix_ids + out.token_ids[:step], layer=2, states=p.states)
+        q = Prompt(get_mode("replace"), p.suffix_ids + out.token_ids[:step], layer=2, states=p.states)
         recomputed.append(prefill_logits(m, q))
     pre = Prefill(m, [p])
     logits, next_pos, _ = pre.run()
@@ -169,12 +172,12 @@ def test_last_token_with_own_state_is_native_and_ops_differ(tiny: dict[str, Load
     sfx, _ = m.tokenize(SUFFIX)
     # B's own state of its last prompt token, replaced into itself: nothing changes.
     _, states = own_states(m, SUFFIX)
-    own = Prompt("last_token", sfx, layer=2, last_state=states[2][-1], op="replace")
-    native = Prompt("native", sfx, prefix_ids=[])
+    own = Prompt(get_mode("last_token"), sfx, layer=2, last_state=states[2][-1], op="replace")
+    native = Prompt(NATIVE, sfx, prefix_ids=[])
     torch.testing.assert_close(prefill_logits(m, own), prefill_logits(m, native), atol=1e-4, rtol=1e-4)
     # Summing it in doubles the state; the mean of two equal states is that state.
-    summed = Prompt("last_token", sfx, layer=2, last_state=states[2][-1], op="sum")
-    mean = Prompt("last_token", sfx, layer=2, last_state=states[2][-1], op="mean")
+    summed = Prompt(get_mode("last_token"), sfx, layer=2, last_state=states[2][-1], op="sum")
+    mean = Prompt(get_mode("last_token"), sfx, layer=2, last_state=states[2][-1], op="mean")
     torch.testing.assert_close(prefill_logits(m, mean), prefill_logits(m, native), atol=1e-4, rtol=1e-4)
     assert not torch.allclose(prefill_logits(m, summed), prefill_logits(m, native), atol=1e-3)
 

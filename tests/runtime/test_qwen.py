@@ -12,7 +12,7 @@ import torch
 
 from service.runtime.generate import Prefill, SamplingParams, generate
 from service.runtime.loading import LoadedModel
-from service.runtime.modes import get_mode
+from service.runtime.modes import NATIVE, get_mode
 from service.runtime.prompt import Prompt
 from service.runtime.realpair import QWEN, REAL_MODELS, ChecksumError, ModelNotInstalledError, SplitGGUF
 from tests.runtime.test_real_pair import CONTEXT, PARAMS, QUESTION
@@ -74,7 +74,7 @@ def test_qwen_loads_as_a_qwen2_model_and_answers(real_qwen: LoadedModel) -> None
     assert (m.architecture, m.n_layers, m.hidden_size, len(m.tokenizer)) == ("Qwen2ForCausalLM", 24, 896, 151_936)
     ids, _ = m.tokenize(CONTEXT)
     sfx, _ = m.tokenize(QUESTION)
-    native = Prompt("native", sfx, prefix_ids=ids)
+    native = Prompt(NATIVE, sfx, prefix_ids=ids)
     assert "1889" in generate(m, [native], PARAMS)[0].text
     full = torch.tensor([[m.start_token_id, *ids, *sfx]])
     torch.testing.assert_close(Prefill(m, [native]).run()[0][0], m.model(full).logits[0, -1], atol=1e-3, rtol=1e-4)
@@ -88,6 +88,6 @@ def test_qwen_handed_its_own_states_reproduces_native_generation(real_qwen: Load
     m = real_qwen
     sfx, _ = m.tokenize(QUESTION)
     params = SamplingParams(max_new_tokens=8)
-    want = generate(m, [Prompt("native", sfx, prefix_ids=m.tokenize(CONTEXT)[0])], params)[0].token_ids
+    want = generate(m, [Prompt(NATIVE, sfx, prefix_ids=m.tokenize(CONTEXT)[0])], params)[0].token_ids
     got = generate(m, [get_mode(mode).identity(m, CONTEXT, sfx, layer)], params)[0].token_ids
     assert got == want

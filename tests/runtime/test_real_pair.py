@@ -8,6 +8,7 @@ import torch
 from service.runtime.encode import encode
 from service.runtime.generate import Prefill, SamplingParams, generate
 from service.runtime.loading import LoadedModel
+from service.runtime.modes import NATIVE, get_mode
 from service.runtime.prompt import Prompt
 
 pytestmark = pytest.mark.real
@@ -30,13 +31,11 @@ def test_native_answers_and_stack_matches_transformers(real_pair: dict[str, Load
     m = real_pair[alias]
     ids, _ = m.tokenize(CONTEXT)
     sfx, _ = m.tokenize(QUESTION)
-    out = generate(m, [Prompt("native", sfx, prefix_ids=ids)], PARAMS)[0]
+    out = generate(m, [Prompt(NATIVE, sfx, prefix_ids=ids)], PARAMS)[0]
     assert "1889" in out.text
     full = torch.tensor([[m.start_token_id, *ids, *sfx]])
     ref = m.model(full).logits[0, -1]
-    torch.testing.assert_close(
-        Prefill(m, [Prompt("native", sfx, prefix_ids=ids)]).run()[0][0], ref, atol=1e-3, rtol=1e-4
-    )
+    torch.testing.assert_close(Prefill(m, [Prompt(NATIVE, sfx, prefix_ids=ids)]).run()[0][0], ref, atol=1e-3, rtol=1e-4)
 
 
 @pytest.mark.parametrize("alias", ["smollm2", "gemma3"])
@@ -44,13 +43,16 @@ def test_identity_handover_reproduces_native_on_real_models(real_pair: dict[str,
     m = real_pair[alias]
     enc = encode(m, [CONTEXT], list(range(m.n_layers)))[0]
     sfx, _ = m.tokenize(QUESTION)
-    native = Prompt("native", sfx, prefix_ids=enc.ids)
+    native = Prompt(NATIVE, sfx, prefix_ids=enc.ids)
     want = generate(m, [native], PARAMS)[0].token_ids
     want_logits = Prefill(m, [native]).run()[0][0]
     layers = sorted({0, 1, m.n_layers // 3, m.n_layers // 2, m.n_layers - 1})
-    prompts = [Prompt("replace", sfx, layer=0, states=enc.states[0]), Prompt("embeds", sfx, states=enc.states[0])]
+    prompts = [
+        Prompt(get_mode("replace"), sfx, layer=0, states=enc.states[0]),
+        Prompt(get_mode("embeds"), sfx, states=enc.states[0]),
+    ]
     prompts += [
-        Prompt("full", sfx, layer=k, states=enc.states[k], layer_states={j: enc.states[j] for j in range(k)})
+        Prompt(get_mode("full"), sfx, layer=k, states=enc.states[k], layer_states={j: enc.states[j] for j in range(k)})
         for k in layers
     ]
     for p in prompts:

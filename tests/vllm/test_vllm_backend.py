@@ -14,6 +14,7 @@ from service.backends import TransformersBackend
 from service.runtime.encode import encode
 from service.runtime.generate import Completion, SamplingParams
 from service.runtime.loading import LoadedModel, load_model
+from service.runtime.modes import NATIVE, get_mode
 from service.runtime.prompt import Prompt
 from tests.vllm.conftest import require_vllm
 
@@ -49,7 +50,7 @@ def backends(
 
 
 def native(target: LoadedModel, text: str, suffix: str = QUESTION) -> Prompt:
-    return Prompt("native", target.tokenize(suffix)[0], prefix_ids=target.tokenize(text)[0])
+    return Prompt(NATIVE, target.tokenize(suffix)[0], prefix_ids=target.tokenize(text)[0])
 
 
 def own_states(target: LoadedModel, text: str) -> torch.Tensor:
@@ -80,8 +81,8 @@ def test_embeds_greedy_tokens_agree(backends) -> None:  # type: ignore[no-untype
         states = own_states(target, text)
         # Off-distribution inputs, like mapped states: the model's own embeddings plus noise of a similar size.
         noisy = states + torch.randn(states.shape, generator=gen) * states.std()
-        prompts.append(Prompt("embeds", target.tokenize(QUESTION)[0], states=noisy))
-    prompts.append(Prompt("embeds", [], states=own_states(target, TEXTS[0])))  # no suffix
+        prompts.append(Prompt(get_mode("embeds"), target.tokenize(QUESTION)[0], states=noisy))
+    prompts.append(Prompt(get_mode("embeds"), [], states=own_states(target, TEXTS[0])))  # no suffix
     params = SamplingParams(max_new_tokens=12, ignore_eos=True)
     want, got = run(hf, prompts, params), run(vl, prompts, params)
     assert [c.token_ids for c in got] == [c.token_ids for c in want]
@@ -92,7 +93,9 @@ def test_embeds_of_own_states_is_native_generation(backends) -> None:  # type: i
     params = SamplingParams(max_new_tokens=10, ignore_eos=True)
     natives = run(vl, [native(target, t) for t in TEXTS], params)
     embeds = run(
-        vl, [Prompt("embeds", target.tokenize(QUESTION)[0], states=own_states(target, t)) for t in TEXTS], params
+        vl,
+        [Prompt(get_mode("embeds"), target.tokenize(QUESTION)[0], states=own_states(target, t)) for t in TEXTS],
+        params,
     )
     assert [c.token_ids for c in embeds] == [c.token_ids for c in natives]
 
@@ -123,10 +126,18 @@ def test_streamed_deltas_add_up_to_the_text(backends) -> None:  # type: ignore[n
 
 def test_modes_beyond_layer_zero_are_not_offered(backends) -> None:  # type: ignore[no-untyped-def]
     _, _, vl = backends
-    assert vl.supports("native", 0) and vl.supports("embeds", 0) and vl.supports("replace", 0)
-    assert not vl.supports("replace", 2) and not vl.supports("full", 2) and not vl.supports("last_token", 1)
+    assert (
+        vl.supports(get_mode("native"), 0)
+        and vl.supports(get_mode("embeds"), 0)
+        and vl.supports(get_mode("replace"), 0)
+    )
+    assert (
+        not vl.supports(get_mode("replace"), 2)
+        and not vl.supports(get_mode("full"), 2)
+        and not vl.supports(get_mode("last_token"), 1)
+    )
     with pytest.raises(ValueError, match="cannot run mode 'replace' at layer 2"):
-        vl.engine_prompt(Prompt("replace", [1], layer=2, states=torch.zeros(3, 128)))
+        vl.engine_prompt(Prompt(get_mode("replace"), [1], layer=2, states=torch.zeros(3, 128)))
 
 
 def test_equal_token_ids_with_different_states_never_share_the_prefix_cache(backends) -> None:  # type: ignore[no-untyped-def]
@@ -137,7 +148,7 @@ def test_equal_token_ids_with_different_states_never_share_the_prefix_cache(back
     other = base.flip(0) * 1.5  # same length, so the same placeholder ids; different states
     suffix = target.tokenize(QUESTION)[0]
     params = SamplingParams(max_new_tokens=8, ignore_eos=True)
-    prompts = [Prompt("embeds", suffix, states=s) for s in (base, other)]
+    prompts = [Prompt(get_mode("embeds"), suffix, states=s) for s in (base, other)]
     alone = [run(vllm_backend, [p], params)[0].token_ids for p in prompts]
     again = [run(vllm_backend, [p], params)[0].token_ids for p in reversed(prompts)][::-1]  # the cache is warm now
     together = [c.token_ids for c in run(vllm_backend, prompts, params)]

@@ -20,9 +20,15 @@ from service.api.routes.translate import ERRORS, check_length
 from service.api.schemas import GenerateRequest, GenerateResponse, Usage
 from service.api.state import Resolved, ServiceState
 from service.runtime.generate import Completion, SamplingParams
-from service.runtime.modes import get_mode
+from service.runtime.modes import HandoverMode, get_mode
 
 router = APIRouter(tags=["generate"], dependencies=[Authorized])
+
+
+def handover_mode(resolved: Resolved) -> HandoverMode:
+    """The mode of a generate request's handover (only ``/translate`` resolves maps without one)."""
+    assert resolved.mode is not None
+    return resolved.mode
 
 
 def _job(state: ServiceState, req: GenerateRequest, resolved: Resolved) -> GenerateJob:
@@ -34,8 +40,9 @@ def _job(state: ServiceState, req: GenerateRequest, resolved: Resolved) -> Gener
         seed=req.seed,
         stop=list(req.stop),
     )
-    group = (req.target, resolved.mode, resolved.target_layer)
-    backend = state.backend(req.target, resolved.mode, resolved.target_layer or 0)
+    mode = handover_mode(resolved)
+    group = (req.target, mode.name, resolved.target_layer)
+    backend = state.backend(req.target, mode, resolved.target_layer or 0)
     limit = state.settings.request_timeout_s
     client = req.timeout_s is not None and req.timeout_s < limit
     timeout = req.timeout_s if client else limit
@@ -58,7 +65,7 @@ def _response(
         source_layers=resolved.source_layers,
         target_layer=resolved.target_layer,
         method=resolved.method,
-        mode=resolved.mode,
+        mode=handover_mode(resolved).name,
         timings_ms=timings,
     )
 
@@ -82,13 +89,15 @@ async def post_generate(
 ) -> GenerateResponse | StreamingResponse:
     state.require_ready()
     check_length(state, text=req.text, prompt=req.prompt)
-    mode = req.mode or state.default_mode(req.source, req.target, req.layer)
+    mode = get_mode(req.mode) if req.mode else state.default_mode(req.source, req.target, req.layer)
     if req.max_new_tokens > state.settings.max_new_tokens:
         raise InvalidRequestError(
             f"max_new_tokens is {req.max_new_tokens}; this server allows at most {state.settings.max_new_tokens}"
         )
-    if get_mode(mode).needs_suffix and not req.prompt:
-        raise InvalidRequestError(f"mode {mode!r} needs a prompt: B reads it and A's state replaces its last token's")
+    if mode.needs_suffix and not req.prompt:
+        raise InvalidRequestError(
+            f"mode {mode.name!r} needs a prompt: B reads it and A's state replaces its last token's"
+        )
     resolved = await run_in_threadpool(state.resolve, req.source, req.target, mode, req.layer, req.method)
     job = _job(state, req, resolved)
     engine.submit(job)

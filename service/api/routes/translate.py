@@ -39,7 +39,7 @@ async def post_translate(req: TranslateRequest, state: StateDep, engine: EngineD
     state.require_ready()
     check_length(state, text=req.text)
     # Resolved before queueing, so unknown models or maps answer 404 without waiting for the worker.
-    resolved = await run_in_threadpool(state.resolve, req.source, req.target, "translate", req.layer, req.method)
+    resolved = await run_in_threadpool(state.resolve, req.source, req.target, None, req.layer, req.method)
     try:
         result: TranslateResponse = await engine.call(lambda: state.translate(req, resolved))
     except ValueError as err:  # a text the models cannot take (no tokens, longer than their positions)

@@ -12,12 +12,13 @@ model; optionally with a residual MLP).
 """
 
 from aligners import distill, linear, lora, procrustes  # noqa: F401  (registers the kinds)
-from aligners.base import REGISTRY, Aligner, NotFittedError, build
+from aligners.base import Aligner
 from aligners.distill import Distill
 from aligners.io import FORMAT_VERSION, MapFileError, load, read_header, save
 from aligners.linear import Affine, Linear
 from aligners.lora import LoRA
 from aligners.procrustes import Procrustes
+from aligners.registry import REGISTRY, NotFittedError, build
 
 KINDS = tuple(sorted(REGISTRY))
 

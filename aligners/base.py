@@ -13,28 +13,8 @@ from typing import Any, ClassVar
 import torch
 
 from aligners.functional import check_matrix, check_pair, compute_dtype
-
-
-class NotFittedError(ValueError, AttributeError):
-    """Raised when an aligner is used before ``fit`` (same contract as scikit-learn's NotFittedError)."""
-
-
-REGISTRY: dict[str, type[Aligner]] = {}
-
-
-def register(cls: type[Aligner]) -> type[Aligner]:
-    """Class decorator: make an aligner buildable and loadable by its ``kind``."""
-    REGISTRY[cls.kind] = cls
-    return cls
-
-
-def build(kind: str, **params: Any) -> Aligner:
-    """Create an unfitted aligner of a registered kind, e.g. ``build("affine", lam=1e-3)``."""
-    try:
-        cls = REGISTRY[kind]
-    except KeyError:
-        raise ValueError(f"unknown aligner kind {kind!r}; known kinds: {sorted(REGISTRY)}") from None
-    return cls(**params)
+from aligners.io import save
+from aligners.registry import NotFittedError
 
 
 class Aligner:
@@ -119,8 +99,6 @@ class Aligner:
 
     def save(self, path: str, metadata: dict[str, Any] | None = None) -> None:
         """Write the fitted map as a self-describing safetensors file (see ``aligners.io``)."""
-        from aligners.io import save
-
         save(self, path, metadata)
 
     def __repr__(self) -> str:

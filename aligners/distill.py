@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
-from aligners.base import Aligner, NotFittedError, register
+from aligners.base import Aligner
 from aligners.functional import check_matrix, compute_dtype, ridge_solve
 from aligners.modules import MapModule, mlp_shapes
+from aligners.registry import NotFittedError, register
 
 INITS = ("linear", "affine")
 

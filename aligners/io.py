@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from aligners.base import REGISTRY, Aligner, NotFittedError
+from aligners.registry import REGISTRY, NotFittedError
+
+if TYPE_CHECKING:
+    from aligners.base import Aligner
 
 FORMAT = "interlingua.aligner"
 FORMAT_VERSION = "1"

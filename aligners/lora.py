@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
-from aligners.base import Aligner, build, register
+from aligners.base import Aligner
 from aligners.functional import centred_frobenius, column_mean, compute_dtype
+from aligners.registry import build, register
 
 BASE_KINDS = ("procrustes", "affine", "linear")
 

@@ -6,8 +6,9 @@ from typing import Any
 
 import torch
 
-from aligners.base import Aligner, register
+from aligners.base import Aligner
 from aligners.functional import procrustes_solve
+from aligners.registry import register
 
 
 @register

@@ -21,8 +21,8 @@ from scipy.stats import kendalltau, spearmanr
 from tqdm import tqdm
 
 from aligners.store import MapKey, MapStore
-from calibrate.data import read_items
 from calibrate.evaluation import Bench, _maps_for, native_builder, translated_builder
+from calibrate.sources import read_items
 from service.runtime.generate import SamplingParams
 from service.runtime.loading import load_model
 from service.runtime.modes import default_mode

@@ -11,7 +11,7 @@ names and numbers, whatever else it carries.
     python benchmarks/token_identity.py --source smollm2 --target gemma3 --layers 0,2,4,8,12,0+2 --samples 300 \\
         --data builtin:fictional-qa,builtin:python-docs --other builtin:letters-qa --other builtin:stdlib-docs
 
-``--vocab N`` adds N passages of vocabulary words (``calibrate.vocab``, as ``fit --vocab``) to the fitted text.
+``--vocab N`` adds N passages of vocabulary words (``calibrate.sources.vocab``, as ``fit --vocab``) to the fitted text.
 
 Prints a Markdown table. With ``--grid-qa SPEC``, it first checks that the source's token grid itself costs nothing:
 the target answers SPEC's questions reading the passages natively and reading them cut as the source cuts them (each
@@ -27,8 +27,8 @@ import time
 import torch
 
 from aligners import build
-from calibrate.data import read_items, shares, split_items
 from calibrate.layers import parse_layer_groups
+from calibrate.sources import read_items, shares, split_items
 from calibrate.sweep import PAIRINGS, Side, gather
 from service.runtime.encode import encode
 from service.runtime.loading import LoadedModel, load_model
@@ -124,7 +124,7 @@ def main() -> None:
     start = time.perf_counter()
     fit_texts = [it.context for it in calib]
     if args.vocab:
-        from calibrate.vocab import vocabulary_passages
+        from calibrate.sources.vocab import vocabulary_passages
 
         for model, share in zip((src_model, tgt_model), shares(args.vocab, 2), strict=True):
             fit_texts += [it.context for it in vocabulary_passages(model, share, seed=0)]

@@ -24,12 +24,11 @@ from aligners import load as load_map
 from aligners.resolve import choose
 from aligners.store import MapKey, MapNotFoundError, MapStore, same_map
 from calibrate.config import ConfigError, EvalConfig, FitConfig, default
-from calibrate.data import DataError
 from calibrate.evaluation import evaluate
-from calibrate.fictional import BUILTINS
 from calibrate.layers import AUTO
 from calibrate.pipeline import fit
 from calibrate.probes import PROBE_KINDS
+from calibrate.sources import BUILTINS, DataError
 from calibrate.sweep import METHODS, PAIRINGS
 from service.runtime.loading import ModelSpecError
 from service.runtime.modes import HANDOVER_MODES, get_mode, parse_handover_modes

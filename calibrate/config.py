@@ -19,8 +19,8 @@ from typing import Any
 from calibrate.layers import AUTO, parse_layer_groups, parse_layers, parse_snaps, parse_train_snap
 from calibrate.probes import PROBE_KINDS
 from calibrate.sweep import METHODS, PAIRINGS, Group, SweepOptions
+from service.runtime.convert import cache_home
 from service.runtime.handover import GRIDS
-from service.runtime.loading import cache_home
 from service.runtime.modes import HandoverMode, get_mode, parse_handover_modes
 
 # What the measurements favour (docs/results/translation-quality.md): trained maps beat least squares in every mode;

@@ -29,10 +29,10 @@ from tqdm import tqdm
 from aligners.resolve import choose
 from aligners.store import MapKey, MapNotFoundError, MapStore, best_first
 from calibrate.config import EvalConfig
-from calibrate.data import Item, read_items, split_items
 from calibrate.probes import qa_suffix as plain_qa_suffix
 from calibrate.report import heatmap
 from calibrate.scoring import exact_match, f1_score, first_line
+from calibrate.sources import Item, read_items, split_items
 from service.runtime.generate import SamplingParams, generate, suffix_nll
 from service.runtime.handover import Grid, LayerMap, prepare
 from service.runtime.loading import LoadedModel, load_model

@@ -22,9 +22,9 @@ from typing import Any
 
 from aligners.store import MapStore
 from calibrate.config import FitConfig
-from calibrate.data import Item, read_items, shares, split_items
 from calibrate.layers import check_range
 from calibrate.probes import make_probes
+from calibrate.sources import Item, read_items, shares, split_items
 from calibrate.sweep import TRAINED, Direction, Group, HeldOutSource, Side, layer_pairs, split_passages, sweep
 from calibrate.trainer import Through, TrainConfig
 from service.runtime.loading import LoadedModel, load_model
@@ -203,9 +203,9 @@ def from_models(
     models: list[LoadedModel], n: int, kind: str, config: FitConfig, timings: dict[str, float]
 ) -> list[Item]:
     """``n`` passages the models make themselves, split between them: ``sampled`` (written by each model,
-    ``calibrate.sampled``) or ``vocabulary`` (words of each model's vocabulary, ``calibrate.vocab``)."""
-    from calibrate.sampled import sample_passages
-    from calibrate.vocab import vocabulary_passages
+    ``calibrate.sources.sampled``) or ``vocabulary`` (words of each model's vocabulary, ``calibrate.sources.vocab``)."""
+    from calibrate.sources.sampled import sample_passages
+    from calibrate.sources.vocab import vocabulary_passages
 
     start = time.perf_counter()
     out: list[Item] = []

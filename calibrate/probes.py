@@ -21,7 +21,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from calibrate.data import Item, cached_json
+from calibrate.cache import cached_json
+from calibrate.sources import Item
 from service.runtime.generate import SamplingParams, generate
 from service.runtime.loading import LoadedModel
 from service.runtime.modes import NATIVE

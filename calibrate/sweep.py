@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from aligners import Aligner, Distill, build, metrics
+from aligners.registry import takes_seed
 from aligners.store import MapKey, MapStore, best_first, layers_name, matching_layer
 from calibrate.layers import AUTO
 from calibrate.trainer import Through
@@ -45,7 +46,7 @@ def make_aligner(method: str, seed: int) -> Aligner:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     kind, params = METHODS[method]
-    seeded = {**params, "seed": seed} if kind in ("linear", "affine", "lora", "distill") else params
+    seeded = {**params, "seed": seed} if takes_seed(kind) else params
     return build(kind, **seeded)
 
 

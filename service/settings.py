@@ -9,7 +9,7 @@ from typing import Literal, get_args
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.runtime.loading import cache_home
+from service.runtime.convert import cache_home
 from service.runtime.realpair import PAIR as REAL_PAIR
 
 BackendName = Literal["transformers", "vllm"]

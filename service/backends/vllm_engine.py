@@ -17,8 +17,9 @@ from typing import Any, Literal
 
 import torch
 
+from service.runtime.convert import publish_model_folder
 from service.runtime.generate import Completion, SamplingParams, StepEvent, check_prompt
-from service.runtime.loading import LoadedModel, publish_model_folder, resolve_spec
+from service.runtime.loading import LoadedModel, resolve_spec
 from service.runtime.modes import HandoverMode
 from service.runtime.prompt import Prompt
 
@@ -39,7 +40,7 @@ def _import_vllm() -> Any:
 
 
 def engine_folder(folder: str) -> str:
-    """The checkpoint folder vLLM reads. A GGUF file this project converted (``loading.convert_gguf``) holds plain
+    """The checkpoint folder vLLM reads. A GGUF file this project converted (``convert.convert_gguf``) holds plain
     float weights, but its config still names the GGUF file as a quantization, which vLLM refuses; vLLM then reads a
     view of the folder (links to its files) whose config leaves that out."""
     path = Path(folder)

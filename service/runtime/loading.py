@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,15 +19,12 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from service.runtime import realpair
+from service.runtime.convert import convert_gguf
 from service.runtime.stack import LayerStack
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FINGERPRINT_SAMPLES = 4096  # values sampled per tensor
-
-
-def cache_home() -> Path:
-    """Where converted models (and other derived files) live: $INTERLINGUA_HOME or ~/.cache/interlingua."""
-    return Path(os.environ.get("INTERLINGUA_HOME", Path.home() / ".cache" / "interlingua"))
 
 
 class ContextLengthError(ValueError):
@@ -177,51 +170,8 @@ def fingerprint(model: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-def convert_gguf(path: Path) -> Path:
-    """Convert a GGUF file to a safetensors folder once; later calls return the cached folder.
-
-    transformers dequantises GGUF weights on load but refuses to ``save_pretrained`` such a model, so the weights are
-    copied into a model rebuilt from the same config, which saves normally (identical logits).
-    """
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
-    out = cache_home() / "converted" / f"{path.stem}-{key}"
-    if (out / "config.json").exists():
-        return out
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
-    model.generation_config = loaded.generation_config
-
-    def save(folder: Path) -> None:
-        model.save_pretrained(str(folder))
-        tokenizer.save_pretrained(str(folder))
-
-    return publish_model_folder(out, save)
-
-
-def publish_model_folder(out: Path, write: Callable[[Path], None]) -> Path:
-    """Make the model folder ``out`` (one with a ``config.json``) by ``write`` into a temporary folder of this process's
-    own beside it, renamed into place: where another process makes the same folder at the same time (two servers, a
-    server and the tests), one rename wins and the other process keeps the finished folder."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    tmp.chmod(0o755)  # as a folder made by mkdir (mkdtemp's are private)
-    write(tmp)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        if not (out / "config.json").exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
 def resolve_spec(spec: str) -> str:
     """Turn a spec into something ``from_pretrained`` takes (a folder or a hub id), converting GGUF files."""
-    from service.runtime import realpair
-
     if spec in realpair.ALIASES:
         return str(realpair.prepare(spec))
     path = Path(spec).expanduser()

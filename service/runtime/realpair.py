@@ -23,7 +23,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.runtime.loading import cache_home, convert_gguf
+from service.runtime.convert import cache_home, convert_gguf
 
 
 class ModelNotInstalledError(RuntimeError):

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from calibrate.data import DataError, read_items, split_items
-from calibrate.fictional import generate_items
+from calibrate.sources import DataError, read_items, split_items
+from calibrate.sources.fictional import generate_items
 from service.runtime.loading import LoadedModel
 from service.runtime.pairing import pair_indices, piece_pairs
 from tests.tiny import corpus

@@ -134,8 +134,8 @@ def test_a_proxy_on_another_source_scores_every_map_and_can_rank_them(
 
 
 def test_the_other_sources_passages_are_never_calibration_passages(tiny: dict[str, object]) -> None:
-    from calibrate.data import read_items
     from calibrate.pipeline import proxy_passages
+    from calibrate.sources import read_items
 
     calib = read_items("builtin:fictional-qa", seed=0, builtin_size=40)
     config = FitConfig(source="a", target="b", proxy_data="builtin:fictional-qa", proxy_samples=30, probe_tokens=8)
@@ -145,8 +145,8 @@ def test_the_other_sources_passages_are_never_calibration_passages(tiny: dict[st
 
 
 def test_every_probe_of_the_other_source_is_held_out(tiny: dict[str, object], tmp_path: Path) -> None:
-    from calibrate.data import read_items
     from calibrate.probes import make_probes
+    from calibrate.sources import read_items
     from calibrate.trainer import Through, TrainConfig
 
     target = tiny["gemma3"]

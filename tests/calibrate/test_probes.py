@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from calibrate.data import Item
 from calibrate.probes import BLANK, cloze, make_probes, qa_suffix
+from calibrate.sources import Item
 from service.runtime.loading import LoadedModel
 
 LETTER = (

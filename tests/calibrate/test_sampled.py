@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from calibrate.cli import main
-from calibrate.prose import MAX_CHARS, MIN_CHARS
-from calibrate.sampled import sample_passages, trim
+from calibrate.sources.prose import MAX_CHARS, MIN_CHARS
+from calibrate.sources.sampled import sample_passages, trim
 from service.runtime.loading import LoadedModel
 
 

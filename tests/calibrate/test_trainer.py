@@ -12,8 +12,8 @@ import torch
 from aligners import Distill, build, load
 from aligners.modules import MapModule
 from calibrate.cli import main
-from calibrate.data import Item
 from calibrate.probes import make_probes, sentence_cut
+from calibrate.sources import Item
 from calibrate.trainer import Through, TrainConfig, make_optimizer, topk_kl
 from service.runtime.encode import Encoded, encode
 from service.runtime.loading import LoadedModel, fingerprint, start_token

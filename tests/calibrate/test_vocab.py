@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from calibrate.vocab import vocabulary_passages, vocabulary_words
+from calibrate.sources.vocab import vocabulary_passages, vocabulary_words
 from service.runtime.loading import LoadedModel
 
 
@@ -43,8 +43,8 @@ def test_bad_counts_are_refused(tiny: dict[str, LoadedModel]) -> None:
 
 
 def test_vocabulary_passages_are_probed_by_repeating_them_only(tiny: dict[str, LoadedModel]) -> None:
-    from calibrate.data import Item
     from calibrate.probes import make_probes
+    from calibrate.sources import Item
 
     model = tiny["llama"]
     words = vocabulary_passages(model, 4, seed=0, words=30)

@@ -1,41 +1,18 @@
-"""Calibration and evaluation data: SQuAD v1.1/v2.0 JSON, JSONL, ``hf:NAME[:SPLIT]`` and ``builtin:NAME``, alone or
-mixed (``builtin:fictional-qa,builtin:python-docs``).
+"""Readers of data files and hubs: SQuAD v1.1/v2.0 JSON, JSONL with ``context`` or ``text``, ``hf:NAME[:SPLIT]``.
 
-Every source becomes a list of ``Item``s. Items without a question (JSONL with only ``text``) serve calibration but
-not QA evaluation; SQuAD v2.0 unanswerable questions are skipped.
-"""
+Items without a question (JSONL with only ``text``) serve calibration but not QA evaluation; SQuAD v2.0 unanswerable
+questions are skipped."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import random
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-class DataError(ValueError):
-    """A data source that cannot be read; the message names the source and the problem."""
+from calibrate.sources.item import DataError, Item
 
 
-@dataclass
-class Item:
-    id: str
-    context: str
-    question: str = ""
-    answers: list[str] = field(default_factory=list)
-    answer_starts: list[int] = field(default_factory=list)
-    title: str = ""
-    probe_kinds: tuple[str, ...] | None = None  # the probe kinds this passage allows (None: every kind that applies)
-
-    @property
-    def has_qa(self) -> bool:
-        return bool(self.question and self.answers)
-
-
-def _squad(path: Path, doc: dict[str, Any]) -> list[Item]:
+def squad(path: Path, doc: dict[str, Any]) -> list[Item]:
     items: list[Item] = []
     if not isinstance(doc.get("data"), list):
         raise DataError(f"{path}: not SQuAD JSON (no top-level 'data' list)")
@@ -68,7 +45,7 @@ def _squad(path: Path, doc: dict[str, Any]) -> list[Item]:
     return items
 
 
-def _jsonl(path: Path) -> list[Item]:
+def jsonl(path: Path) -> list[Item]:
     items = []
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
@@ -95,7 +72,7 @@ def _jsonl(path: Path) -> list[Item]:
     return items
 
 
-def _hf(spec: str) -> list[Item]:
+def hf(spec: str) -> list[Item]:
     name, _, split = spec.partition(":")
     try:
         import datasets  # optional: only this source needs it
@@ -120,27 +97,13 @@ def _hf(spec: str) -> list[Item]:
     return items
 
 
-def read_items(spec: str, seed: int = 0, builtin_size: int = 2000) -> list[Item]:
-    """All items of a data source (``builtin:`` sources generate ``builtin_size`` items with ``seed``). A
-    comma-separated list mixes sources: their items, interleaved one from each in turn."""
-    parts = [p.strip() for p in spec.split(",") if p.strip()]
-    if len(parts) > 1:
-        lists = [read_items(p, seed, builtin_size) for p in parts]
-        return [lst[i] for i in range(max(map(len, lists))) for lst in lists if i < len(lst)]
-    if spec.startswith("builtin:"):
-        from calibrate.fictional import BUILTINS
-
-        name = spec.removeprefix("builtin:")
-        if name not in BUILTINS:
-            raise DataError(f"{spec}: unknown builtin data set; known: {', '.join('builtin:' + b for b in BUILTINS)}")
-        return BUILTINS[name](builtin_size, seed)
-    if spec.startswith("hf:"):
-        return _hf(spec.removeprefix("hf:"))
+def read_file(spec: str) -> list[Item]:
+    """The items of a SQuAD JSON or JSONL file."""
     path = Path(spec)
     if not path.is_file():
         raise DataError(f"{spec}: no such file (expected SQuAD JSON, JSONL, hf:NAME[:SPLIT] or builtin:fictional-qa)")
     if path.suffix == ".jsonl":
-        items = _jsonl(path)
+        items = jsonl(path)
     else:
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
@@ -149,50 +112,7 @@ def read_items(spec: str, seed: int = 0, builtin_size: int = 2000) -> list[Item]
             if isinstance(err, json.JSONDecodeError) and err.msg == "Extra data":
                 hint = "; it looks like JSON Lines (one object per line): name the file .jsonl"
             raise DataError(f"{path}: not valid JSON ({err}){hint}") from None
-        items = _squad(path, doc)
+        items = squad(path, doc)
     if not items:
         raise DataError(f"{path}: no items")
     return items
-
-
-def cached_json(
-    cache: Path | None, kind: str, fingerprint: str, key: Any, compute: Callable[[], list[Any]]
-) -> list[Any]:
-    """``compute()``, kept as JSON under ``cache/kind/<fingerprint>-<hash of key>.json`` when ``cache`` is given and
-    read back from there on later calls (written atomically, so an interrupted run leaves no partial file)."""
-    if cache is None:
-        return compute()
-    digest = hashlib.sha256(json.dumps([fingerprint, key]).encode()).hexdigest()[:12]
-    path = cache / kind / f"{fingerprint}-{digest}.json"
-    if path.exists():
-        return list(json.loads(path.read_text(encoding="utf-8")))
-    out = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out), encoding="utf-8")
-    tmp.replace(path)
-    return out
-
-
-def split_items(items: list[Item], n_calib: int, n_eval: int, seed: int = 0) -> tuple[list[Item], list[Item]]:
-    """Disjoint calibration passages (one item per context) and held-out QA items. Items sharing a context stay on
-    one side, so no held-out context was seen in calibration."""
-    contexts = sorted({it.context for it in items})
-    random.Random(seed).shuffle(contexts)
-    by_context: dict[str, list[Item]] = {}
-    for it in items:
-        by_context.setdefault(it.context, []).append(it)
-    held: list[Item] = []
-    calib: list[Item] = []
-    for c in contexts:
-        group = by_context[c]
-        if len(held) < n_eval and any(it.has_qa for it in group):
-            held.extend(it for it in group if it.has_qa)
-        else:
-            calib.append(group[0])  # calibration reads contexts: one item per context
-    return calib[:n_calib], held[:n_eval]
-
-
-def shares(n: int, parts: int) -> list[int]:
-    """``n`` split into ``parts`` counts as even as can be, the first ones one larger (passages made per model)."""
-    return [n // parts + (k < n % parts) for k in range(parts)]

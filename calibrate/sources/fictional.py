@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable
 
-from calibrate.data import Item
+from calibrate.sources.item import Item
 
 _ONSETS = [
     "b",
@@ -138,17 +137,3 @@ def generate_items(n: int, seed: int = 0) -> list[Item]:
     """``n`` items, identical for the same seed."""
     rng = random.Random(seed)
     return [_item(rng, i) for i in range(n)]
-
-
-def _builtins() -> dict[str, Callable[[int, int], list[Item]]]:
-    from calibrate import letters, prose
-
-    return {
-        "fictional-qa": generate_items,
-        "letters-qa": letters.generate_items,
-        "python-docs": prose.python_docs,
-        "stdlib-docs": prose.stdlib_docs,
-    }
-
-
-BUILTINS = _builtins()

@@ -15,7 +15,7 @@ import inspect
 import random
 import re
 
-from calibrate.data import Item
+from calibrate.sources.item import Item
 
 MIN_CHARS, MAX_CHARS = 200, 700
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from calibrate.data import Item, cached_json
-from calibrate.prose import MAX_CHARS, MIN_CHARS
+from calibrate.cache import cached_json
+from calibrate.sources.item import Item
+from calibrate.sources.prose import MAX_CHARS, MIN_CHARS
 from service.runtime.generate import SamplingParams, generate
 from service.runtime.loading import LoadedModel
 from service.runtime.modes import NATIVE

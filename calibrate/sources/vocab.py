@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 
-from calibrate.data import Item
+from calibrate.sources.item import Item
 from service.runtime.loading import LoadedModel
 
 WORDS = 100

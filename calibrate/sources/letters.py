@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import re
 
-from calibrate.data import Item
+from calibrate.sources.item import Item
 
 _GIVEN = [
     "Ilse", "Tobiah", "Marisol", "Corentin", "Agathe", "Lorcan", "Wilhelmina", "Esko", "Perpetua", "Anselm",

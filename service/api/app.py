@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api import errors
 from service.api.engine import Engine
 from service.api.metrics import Metrics
+from service.api.planner import RequestPlanner
 from service.api.routes import generate, health, metrics, models, translate
 from service.api.state import ServiceState
 from service.settings import Settings
@@ -60,10 +61,16 @@ class BodyLimit:
         )
 
 
-def create_app(settings: Settings | None = None, state: ServiceState | None = None, workers: int = 1) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    state: ServiceState | None = None,
+    workers: int = 1,
+    planner: RequestPlanner | None = None,
+) -> FastAPI:
     """Build the app. ``state`` may be given already loaded (tests); otherwise the lifespan loads it in the
     background, so /health answers at once and /ready reports progress. ``workers``: threads taking work off the
-    queue (one where the models run in this process)."""
+    queue (one where the models run in this process). ``planner`` plans requests against the state (default: the
+    single-process server's ``RequestPlanner``)."""
     settings = settings or Settings()
     service = state or ServiceState(settings)
     engine = Engine(settings.queue_size, settings.max_batch, workers=workers)
@@ -81,6 +88,7 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
 
     app = FastAPI(title="interlingua", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.service, app.state.engine, app.state.metrics = service, engine, meter
+    app.state.planner = planner or RequestPlanner(service)
     errors.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 

@@ -11,11 +11,16 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.api.engine import Engine
 from service.api.errors import UnauthorizedError
 from service.api.metrics import Metrics
+from service.api.planner import RequestPlanner
 from service.api.state import ServiceState
 
 
 def get_state(request: Request) -> ServiceState:
     return request.app.state.service
+
+
+def get_planner(request: Request) -> RequestPlanner:
+    return request.app.state.planner
 
 
 def get_engine(request: Request) -> Engine:
@@ -41,6 +46,7 @@ def require_key(request: Request, credentials: Annotated[HTTPAuthorizationCreden
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
+PlannerDep = Annotated[RequestPlanner, Depends(get_planner)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 Authorized = Depends(require_key)

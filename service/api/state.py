@@ -9,55 +9,47 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aligners import Aligner, MapFileError
-from aligners.resolve import TRANSLATE, choose
-from aligners.store import MapKey, MapMismatchError, MapNotFoundError, MapStore, load_checked
-from service.api.errors import InvalidRequestError, NotFoundError, NotReadyError
-from service.api.schemas import GenerateRequest, TranslateRequest, TranslateResponse
-from service.api.translation import response, source_side, target_side
+from aligners.store import MapKey, MapMismatchError, MapStore, load_checked
+from service.api.errors import NotFoundError, NotReadyError
 from service.backends import Backend, make_backend
-from service.runtime.encode import encode
-from service.runtime.handover import Encoder, LayerMap, needed_layers, prepare
 from service.runtime.loading import LoadedModel, load_model
-from service.runtime.modes import HandoverMode, default_mode
-from service.runtime.prompt import Prompt
 from service.settings import Settings
 
 log = logging.getLogger("interlingua")
 MAP_CACHE = 64  # maps kept in memory
 
 
-def check_room(target: LoadedModel, prompt: Prompt, max_new_tokens: int) -> None:
-    """Refuse a prompt that, with the tokens asked for, runs past the target's positions."""
-    positions = 1 + prompt.prefix_len + len(prompt.suffix_ids) + max_new_tokens
-    target.check_positions(positions, f"this request (prompt and max_new_tokens {max_new_tokens})")
+class ModelView(Protocol):
+    """What the service needs to know of a model to list it and resolve maps for it: a model loaded here
+    (``LoadedModel``) or a model card of a deployment elsewhere (the Ray ingress's)."""
 
-
-@dataclass
-class Resolved:
-    """The mode and maps one request uses (``mode`` None: ``/translate``, maps into any layer), and the layer pair
-    and method it reports."""
-
-    mode: HandoverMode | None
-    maps: list[LayerMap]
-    source_layer: int | None
-    target_layer: int | None
-    method: str | None
-    paths: list[Path] = field(default_factory=list)  # the maps' files, in the order of ``maps``
-    source_layers: list[int] | None = None  # where the main map concatenates several source layers
+    @property
+    def name(self) -> str: ...
+    @property
+    def architecture(self) -> str: ...
+    @property
+    def n_layers(self) -> int: ...
+    @property
+    def hidden_size(self) -> int: ...
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def device(self) -> str: ...
 
 
 @dataclass
 class ServiceState:
+    """The models and maps the service has loaded, and how loading went (the work of requests:
+    ``service.api.planner``)."""
+
     settings: Settings
-    models: dict[str, LoadedModel] = field(default_factory=dict)
+    models: dict[str, ModelView] = field(default_factory=dict)
     served: list[dict[str, Any]] = field(default_factory=list)  # manifest entries
     refused: list[dict[str, str]] = field(default_factory=list)
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -82,10 +74,9 @@ class ServiceState:
             for alias, spec in self.settings.model_specs.items():
                 self.detail = f"loading model {alias} ({spec})"
                 log.info(self.detail)
-                self.models[alias] = load_model(
-                    spec, name=alias, dtype=self.settings.dtype, device=devices.get(alias, "cpu")
-                )
-                self.backends[alias] = make_backend(self.settings.backend_for(alias), self.models[alias], self.settings)
+                model = load_model(spec, name=alias, dtype=self.settings.dtype, device=devices.get(alias, "cpu"))
+                self.models[alias] = model
+                self.backends[alias] = make_backend(self.settings.backend_for(alias), model, self.settings)
             fingerprints = {alias: m.fingerprint for alias, m in self.models.items()}
             if self.settings.prepare_maps and len(self.models) >= 2 and not self.store.for_models(fingerprints):
                 self.detail = "installing the bundled default maps"
@@ -123,7 +114,7 @@ class ServiceState:
 
     def _start_encoders(self) -> None:
         """A vLLM encoder for each source model configured for one, serving every source layer its maps read."""
-        for alias, model in self.models.items():
+        for alias in self.models:
             layers = sorted(
                 {layer for e in self.served if e["source"] == alias for layer in MapKey.from_entry(e).source_layers}
             )
@@ -133,20 +124,12 @@ class ServiceState:
 
             self.detail = f"starting the vllm encoder of {alias} (layers {layers})"
             log.info(self.detail)
-            self.encoders[alias] = VLLMEncoder(model, layers, **self.settings.vllm_options)
+            self.encoders[alias] = VLLMEncoder(self.loaded(alias), layers, **self.settings.vllm_options)
 
     def engine_names(self, alias: str) -> tuple[str, str]:
         """What decodes ``alias`` as a target and what encodes it as a source."""
         backend = self.backends[alias].name if alias in self.backends else "transformers"
         return backend, self.encoders[alias].name if alias in self.encoders else "transformers"
-
-    def encoder(self, alias: str, layers: list[int]) -> Encoder:
-        """What computes ``alias``'s states at ``layers``: its vLLM encoder where it serves them, else transformers."""
-        engine = self.encoders.get(alias)
-        if engine is not None and engine.covers(layers):
-            return engine.encode
-        model = self.model(alias)
-        return lambda texts, at: encode(model, texts, at)
 
     def refresh_maps(self) -> None:
         """Serve every map fitted for the loaded models, matched by fingerprint whatever the store calls them, after
@@ -204,12 +187,23 @@ class ServiceState:
             raise NotReadyError(f"service is {self.status}: {self.detail}")
 
     # --- lookups ----------------------------------------------------------------------------------------------------
-    def model(self, alias: str) -> LoadedModel:
+    def model(self, alias: str) -> ModelView:
         if alias not in self.models:
             raise NotFoundError(f"unknown model {alias!r}; loaded models: {sorted(self.models)}")
         return self.models[alias]
 
-    def _aligner(self, key: MapKey) -> Aligner:
+    def loaded(self, alias: str) -> LoadedModel:
+        """A model loaded in this process (the single-process server's; the Ray ingress loads none)."""
+        model = self.model(alias)
+        if not isinstance(model, LoadedModel):
+            raise TypeError(f"{alias} is not loaded in this process")
+        return model
+
+    def path(self, key: MapKey) -> Path:
+        return self._paths[key]
+
+    def aligner(self, key: MapKey) -> Aligner:
+        """A served map, loaded (and checked) on first use and kept among the last ``MAP_CACHE`` used."""
         with self._lock:
             if key in self._maps:
                 self._maps.move_to_end(key)
@@ -227,76 +221,3 @@ class ServiceState:
             while len(self._maps) > MAP_CACHE:
                 self._maps.popitem(last=False)
         return aligner
-
-    def backend(self, target: str, mode: HandoverMode, layer: int) -> Backend:
-        backend = self.backends[target]
-        if not backend.supports(mode, layer):
-            raise InvalidRequestError(
-                f"the {backend.name} backend serving {target} cannot run mode {mode.name!r} at layer "
-                f"{layer}; the transformers backend serves it"
-            )
-        return backend
-
-    # --- work (run on the model worker) ------------------------------------------------------------------------------
-    def handover(self, req: GenerateRequest, resolved: Resolved) -> Callable[[], tuple[Any, dict[str, float], int]]:
-        """The job that turns a generate request into its target prompt (``Backend.stream`` takes it), with the
-        prepare timings and the count of source tokens."""
-        src, tgt = self.model(req.source), self.model(req.target)
-        encoder = self.encoder(req.source, needed_layers(resolved.maps))
-
-        mode = resolved.mode
-        assert mode is not None  # a generate request's mode, resolved where the request came in
-
-        def build() -> tuple[Prompt, dict[str, float], int]:
-            handover = prepare(src, tgt, req.text, req.prompt, mode, resolved.maps, req.op, encoder, req.grid)
-            check_room(tgt, handover.prompt, req.max_new_tokens)
-            return handover.prompt, handover.timings_ms, len(handover.source_ids) if mode.uses_maps else 0
-
-        return build
-
-    def translate(self, req: TranslateRequest, resolved: Resolved) -> TranslateResponse:
-        t0 = time.perf_counter()
-        layer_map = resolved.maps[0]
-        encoder = self.encoder(req.source, list(layer_map.source_layers))
-        src = source_side(self.model(req.source), encoder, req.text, layer_map)
-        tgt = target_side(self.model(req.target), req, layer_map.target_layer, src)
-        result = response(req, resolved.maps, resolved.method, src, tgt)
-        result.timings_ms["total"] = (time.perf_counter() - t0) * 1e3
-        return result
-
-    def default_mode(self, source: str, target: str, layer: int | None) -> HandoverMode:
-        """The mode of a request that names none (``modes.default_mode``) where the handover enters the target: the
-        request's ``layer``, else the pair's default map's target layer."""
-        if layer is None:
-            layer = self.defaults.get(f"{source}__{target}", {}).get("target_layer")
-        return default_mode(layer)
-
-    def resolve(
-        self, source: str, target: str, mode: HandoverMode | None, layer: int | None, method: str | None
-    ) -> Resolved:
-        """The maps a handover in ``mode`` needs (none for ``native``; None: ``/translate``, a map into any layer),
-        chosen by ``aligners.resolve.choose``."""
-        src, tgt = self.model(source), self.model(target)
-        if mode is not None and not mode.uses_maps:
-            return Resolved(mode, [], None, None, None)
-        if layer is not None and layer >= tgt.n_layers:
-            raise InvalidRequestError(f"layer must be in [0, {tgt.n_layers - 1}] for {target}, got {layer}")
-        if not any(e["source"] == source and e["target"] == target for e in self.served):
-            raise NotFoundError(
-                f"no maps served for {source} -> {target}; pairs with maps: "
-                f"{sorted({e['source'] + ' -> ' + e['target'] for e in self.served})}"
-            )
-        try:
-            need = TRANSLATE if mode is None else mode.need
-            default = self.defaults.get(f"{source}__{target}")
-            key, below = choose(
-                self.served, source, target, need, src.n_layers, tgt.n_layers, layer, method, default=default
-            )
-        except ValueError as err:
-            raise InvalidRequestError(str(err)) from None
-        except MapNotFoundError as err:
-            raise NotFoundError(str(err)) from None
-        keys = [key, *below]
-        maps = [LayerMap(k.source_layer, k.target_layer, self._aligner(k), k.extra_layers) for k in keys]
-        paths = [self._paths[k] for k in keys]
-        return Resolved(mode, maps, key.source_layer, key.target_layer, key.method, paths, maps[0].concatenated)

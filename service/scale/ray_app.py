@@ -41,14 +41,16 @@ from aligners import Aligner
 from aligners.store import MapKey, MapStore, load_checked
 from service.api.app import create_app
 from service.api.errors import NotReadyError
+from service.api.planner import RequestPlanner, check_room
 from service.api.schemas import GenerateRequest, TranslateRequest, TranslateResponse
-from service.api.state import ServiceState, check_room
+from service.api.state import ServiceState
 from service.api.translation import SourceSide, TargetSide, response, source_side, target_side
 from service.backends import make_backend
 from service.runtime.generate import SamplingParams, StepEvent
-from service.runtime.handover import LayerMap, Projected, build_prompt, needed_layers, project
+from service.runtime.handover import Grid, LayerMap, Projected, build_prompt, needed_layers, project
 from service.runtime.loading import load_model
 from service.runtime.modes import HandoverMode
+from service.runtime.prompt import LastTokenOp
 from service.settings import Settings
 
 log = logging.getLogger("interlingua")
@@ -80,8 +82,8 @@ class PendingHandover:
     text: str
     suffix: str
     mode: str  # the handover mode's name
-    op: str
-    grid: str
+    op: LastTokenOp
+    grid: Grid
     max_new_tokens: int
     project: Callable[[], Any] | None = None  # starts the source call: a DeploymentResponse resolving to a Projected
     projected: Any = None  # its pending answer (None for native)
@@ -197,7 +199,7 @@ class TargetModel(_Replica):
         prompts, keep = [], []
         for i, (h, p) in enumerate(zip(items, projected, strict=True)):
             try:
-                prompt = build_prompt(self.model, h.text, h.suffix, h.mode, p, h.op, h.grid)  # type: ignore[arg-type]
+                prompt = build_prompt(self.model, h.text, h.suffix, h.mode, p, h.op, h.grid)
                 check_room(self.model, prompt, h.max_new_tokens)
             except ValueError as err:
                 yield StepEvent(i, -1, "", True, None, err)
@@ -293,24 +295,26 @@ class RayBackend:
 
 
 class RayState(ServiceState):
-    """The ingress's state: model cards from the deployments, maps resolved here, work done by the deployments."""
+    """The ingress's state: model cards from the deployments (``models`` holds them, ``cards`` their engines), maps
+    resolved here; ``RayPlanner`` hands the work of requests to the deployments."""
 
     def __init__(
         self, settings: Settings, sources: dict[str, DeploymentHandle], targets: dict[str, DeploymentHandle]
     ) -> None:
         super().__init__(settings)
         self.sources, self.targets = sources, targets
+        self.cards: dict[str, ModelCard] = {}
 
     def load(self) -> None:
         try:
             for alias, handle in self.targets.items():
                 self.detail = f"waiting for the target deployment of {alias}"
                 card: ModelCard = handle.info.remote().result()
-                self.models[alias] = card  # type: ignore[assignment]
+                self.cards[alias] = self.models[alias] = card
                 self.backends[alias] = RayBackend(handle, card)
             for alias, handle in self.sources.items():
                 self.detail = f"waiting for the source deployment of {alias}"
-                self.models[alias].encoder = handle.info.remote().result().encoder  # type: ignore[attr-defined]
+                self.cards[alias].encoder = handle.info.remote().result().encoder
             fingerprints = {alias: m.fingerprint for alias, m in self.models.items()}
             if self.settings.prepare_maps and len(self.models) >= 2 and not self.store.for_models(fingerprints):
                 self._install_bundled(fingerprints)
@@ -320,17 +324,32 @@ class RayState(ServiceState):
             self.status, self.detail = "failed", f"{type(err).__name__}: {err}"
             log.exception("loading failed")
 
+    def engine_names(self, alias: str) -> tuple[str, str]:
+        card = self.cards[alias]
+        return card.backend, card.encoder
+
+    def close(self) -> None:
+        """The deployments own the models."""
+
+
+class RayPlanner(RequestPlanner):
+    """Plans requests as the single-process server does; the source and target deployments do the work."""
+
+    def __init__(self, state: RayState) -> None:
+        super().__init__(state)
+        self.ray = state
+
     def _source(self, alias: str) -> DeploymentHandle:
-        if alias not in self.sources:
+        if alias not in self.ray.sources:
             raise NotReadyError(f"no source deployment serves {alias}")
-        return self.sources[alias]
+        return self.ray.sources[alias]
 
     def handover(self, req: GenerateRequest, resolved: Any) -> Callable[[], tuple[Any, dict[str, float], int]]:
         rid = uuid.uuid4().hex
         maps = [
             (list(m.source_layers), m.target_layer, str(p)) for m, p in zip(resolved.maps, resolved.paths, strict=True)
         ]
-        target_fp = self.models[req.target].fingerprint
+        target_fp = self.ray.models[req.target].fingerprint
 
         def project() -> Any:
             # Started now, awaited by the target replica: the states go from replica to replica.
@@ -350,7 +369,7 @@ class RayState(ServiceState):
         t0 = time.perf_counter()
         rid = uuid.uuid4().hex
         m, path = resolved.maps[0], resolved.paths[0]
-        target_fp = self.models[req.target].fingerprint
+        target_fp = self.ray.models[req.target].fingerprint
         src: SourceSide = _call(
             "translate",
             lambda: (
@@ -362,18 +381,12 @@ class RayState(ServiceState):
         tgt = TargetSide(src.mapped)
         if req.top_k or req.compare_native or src.snap:  # the snap needs the target's embedding table
             tgt = _call(
-                "diagnostics", lambda: self.targets[req.target].diagnostics.remote(req, m.target_layer, src).result()
+                "diagnostics",
+                lambda: self.ray.targets[req.target].diagnostics.remote(req, m.target_layer, src).result(),
             )
         result = response(req, resolved.maps, resolved.method, src, tgt)
         result.timings_ms["total"] = (time.perf_counter() - t0) * 1e3
         return result
-
-    def engine_names(self, alias: str) -> tuple[str, str]:
-        card: ModelCard = self.models[alias]  # type: ignore[assignment]
-        return card.backend, card.encoder
-
-    def close(self) -> None:
-        """The deployments own the models."""
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
@@ -393,7 +406,7 @@ class Ingress:
         self.workers = workers
 
     def __serve_build_asgi_app__(self) -> Any:
-        return create_app(self.state.settings, self.state, workers=self.workers)
+        return create_app(self.state.settings, self.state, workers=self.workers, planner=RayPlanner(self.state))
 
 
 class AppArgs(BaseModel):

@@ -244,6 +244,7 @@ def test_eval_scores_the_maps_the_server_would_serve(
     fitted: tuple[Path, Path, list[str]], tiny_dirs: dict[str, Path], tiny: dict[str, LoadedModel]
 ) -> None:
     from calibrate.evaluation import _maps_for
+    from service.api.planner import RequestPlanner
     from service.api.state import ServiceState
     from service.settings import Settings
 
@@ -256,7 +257,7 @@ def test_eval_scores_the_maps_the_server_would_serve(
     state.load()
     for mode, layer in (("embeds", 0), ("replace", 1), ("full", 1), ("last_token", 1)):
         for method in ("affine", "procrustes"):
-            served = state.resolve("llama", "gemma3", get_mode(mode), layer, method)
+            served = RequestPlanner(state).resolve("llama", "gemma3", get_mode(mode), layer, method)
             key = MapKey("llama", "gemma3", served.source_layer or 0, layer, method)
             scored = _maps_for(store, src, tgt, key, get_mode(mode))
             assert scored is not None
@@ -265,7 +266,7 @@ def test_eval_scores_the_maps_the_server_would_serve(
             ), (mode, method)
     # A source layer with no map into layer 0: eval, like the server, takes the best map of the method into it.
     fallback = _maps_for(store, src, tgt, MapKey("llama", "gemma3", 3, 1, "affine"), get_mode("embeds"))
-    best = state.resolve("llama", "gemma3", get_mode("embeds"), None, "affine")
+    best = RequestPlanner(state).resolve("llama", "gemma3", get_mode("embeds"), None, "affine")
     assert fallback is not None and [(m.source_layer, m.target_layer) for m in fallback] == [(best.source_layer, 0)]
 
 

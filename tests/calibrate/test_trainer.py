@@ -339,6 +339,7 @@ def test_maps_from_concatenated_source_layers_fit_train_evaluate_and_serve(
     tiny_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
     from aligners.store import MapStore
+    from service.api.planner import RequestPlanner
     from service.api.schemas import TranslateRequest
     from service.api.state import ServiceState
     from service.settings import Settings
@@ -371,11 +372,11 @@ def test_maps_from_concatenated_source_layers_fit_train_evaluate_and_serve(
     state = ServiceState(Settings(models=models, maps=out, prepare_maps=False))
     state.load()
     assert state.status == "ready", state.detail
-    resolved = state.resolve("llama", "gemma3", None, 0, "distill")
+    resolved = RequestPlanner(state).resolve("llama", "gemma3", None, 0, "distill")
     want = [0, 2] if best is concat else None
     assert resolved.source_layers == want
     req = TranslateRequest(source="llama", target="gemma3", text="the mill of Varn", method="distill", layer=0)
-    response = state.translate(req, resolved)
+    response = RequestPlanner(state).translate(req, resolved)
     assert response.source_layer == 2 and response.source_layers == want
     assert response.shape[1] == 128
     assert response.snap == best["metrics"]["snap"]  # the fitted map's pull toward Gemma's rows, applied by /translate

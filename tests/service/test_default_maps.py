@@ -8,6 +8,7 @@ import pytest
 
 from aligners.store import MapStore
 from calibrate.cli import main as calibrate
+from service.api.planner import RequestPlanner
 from service.api.state import ServiceState
 from service.runtime.modes import get_mode
 from service.settings import Settings
@@ -30,8 +31,8 @@ def test_bundled_maps_install_by_fingerprint_under_the_servers_aliases(
     assert state.status == "ready", state.detail
     assert {(e["source"], e["target"]) for e in state.served} == {("x", "y"), ("y", "x")}
     assert len(MapStore(tmp_path / "store").entries()) == len(MapStore(bundled).entries())
-    assert state.resolve("x", "y", get_mode("embeds"), None, None).target_layer == 0
-    assert state.resolve("x", "y", get_mode("replace"), None, None).target_layer == 1
+    assert RequestPlanner(state).resolve("x", "y", get_mode("embeds"), None, None).target_layer == 0
+    assert RequestPlanner(state).resolve("x", "y", get_mode("replace"), None, None).target_layer == 1
 
     # A bundle fitted for other models installs nothing (and with nothing to fit from, the server says so).
     other = ServiceState(Settings(models=f"x={tgt},y={tgt}", maps=tmp_path / "other", default_maps=bundled))

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from aligners.store import MapStore
 from calibrate.cli import main as calibrate
 from service.api.errors import NotFoundError
+from service.api.planner import RequestPlanner
 from service.api.state import ServiceState
 from service.runtime.modes import get_mode
 from service.settings import Settings
@@ -69,7 +70,7 @@ def test_when_the_default_map_is_refused_another_map_of_the_pair_serves(
     default = f"llama__gemma3/L{d['source_layer']}-L{d['target_layer']}/{d['method']}.safetensors"
     (maps / default).write_bytes(b"broken")
     state = _state(tiny_dirs, maps)
-    resolved = state.resolve("llama", "gemma3", get_mode("replace"), None, None)
+    resolved = RequestPlanner(state).resolve("llama", "gemma3", get_mode("replace"), None, None)
     served = f"llama__gemma3/L{resolved.source_layer}-L{resolved.target_layer}/{resolved.method}.safetensors"
     assert served != default and resolved.maps
 
@@ -83,7 +84,7 @@ def test_maps_of_models_not_loaded_are_skipped_with_a_log_line(
     assert any("skipped" in r.getMessage() and "does not load" in r.getMessage() for r in caplog.records)
     assert "interlingua-calibrate fit" in state.detail and "native" in state.detail
     with pytest.raises(NotFoundError, match="no maps served for llama -> mistral"):
-        state.resolve("llama", "mistral", get_mode("replace"), None, None)
+        RequestPlanner(state).resolve("llama", "mistral", get_mode("replace"), None, None)
 
 
 def test_helper_maps_are_no_default_and_ties_change_nothing(tmp_path: Path) -> None:

@@ -12,13 +12,13 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import Authorized, EngineDep, MetricsDep, StateDep
+from service.api.deps import Authorized, EngineDep, MetricsDep, PlannerDep, StateDep
 from service.api.engine import GenerateJob
 from service.api.errors import InvalidRequestError, ServiceError
 from service.api.metrics import Metrics
+from service.api.planner import RequestPlanner, Resolved
 from service.api.routes.translate import ERRORS, check_length
 from service.api.schemas import GenerateRequest, GenerateResponse, Usage
-from service.api.state import Resolved, ServiceState
 from service.runtime.generate import Completion, SamplingParams
 from service.runtime.modes import HandoverMode, get_mode
 
@@ -31,8 +31,8 @@ def handover_mode(resolved: Resolved) -> HandoverMode:
     return resolved.mode
 
 
-def _job(state: ServiceState, req: GenerateRequest, resolved: Resolved) -> GenerateJob:
-    build = state.handover(req, resolved)
+def _job(planner: RequestPlanner, req: GenerateRequest, resolved: Resolved) -> GenerateJob:
+    build = planner.handover(req, resolved)
     params = SamplingParams(
         max_new_tokens=req.max_new_tokens,
         temperature=req.temperature,
@@ -42,8 +42,8 @@ def _job(state: ServiceState, req: GenerateRequest, resolved: Resolved) -> Gener
     )
     mode = handover_mode(resolved)
     group = (req.target, mode.name, resolved.target_layer)
-    backend = state.backend(req.target, mode, resolved.target_layer or 0)
-    limit = state.settings.request_timeout_s
+    backend = planner.backend(req.target, mode, resolved.target_layer or 0)
+    limit = planner.state.settings.request_timeout_s
     client = req.timeout_s is not None and req.timeout_s < limit
     timeout = req.timeout_s if client else limit
     return GenerateJob(group, backend, build, params, asyncio.get_running_loop(), timeout, client)
@@ -85,11 +85,11 @@ def _as_service_error(err: Any) -> ServiceError:
     summary="Hand A's reading of `text` to B and let B continue after `prompt`",
 )
 async def post_generate(
-    req: GenerateRequest, state: StateDep, engine: EngineDep, m: MetricsDep
+    req: GenerateRequest, state: StateDep, planner: PlannerDep, engine: EngineDep, m: MetricsDep
 ) -> GenerateResponse | StreamingResponse:
     state.require_ready()
     check_length(state, text=req.text, prompt=req.prompt)
-    mode = get_mode(req.mode) if req.mode else state.default_mode(req.source, req.target, req.layer)
+    mode = get_mode(req.mode) if req.mode else planner.default_mode(req.source, req.target, req.layer)
     if req.max_new_tokens > state.settings.max_new_tokens:
         raise InvalidRequestError(
             f"max_new_tokens is {req.max_new_tokens}; this server allows at most {state.settings.max_new_tokens}"
@@ -98,8 +98,8 @@ async def post_generate(
         raise InvalidRequestError(
             f"mode {mode.name!r} needs a prompt: B reads it and A's state replaces its last token's"
         )
-    resolved = await run_in_threadpool(state.resolve, req.source, req.target, mode, req.layer, req.method)
-    job = _job(state, req, resolved)
+    resolved = await run_in_threadpool(planner.resolve, req.source, req.target, mode, req.layer, req.method)
+    job = _job(planner, req, resolved)
     engine.submit(job)
 
     if not req.stream:

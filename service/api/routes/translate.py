@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import Authorized, EngineDep, MetricsDep, StateDep
+from service.api.deps import Authorized, EngineDep, MetricsDep, PlannerDep, StateDep
 from service.api.errors import InvalidRequestError, TooLargeError
 from service.api.schemas import (
     ErrorBody,
@@ -35,13 +35,15 @@ def check_length(state: ServiceState, **texts: str) -> None:
     responses=ERRORS,
     summary="Map A's hidden states for a text into B's space",
 )
-async def post_translate(req: TranslateRequest, state: StateDep, engine: EngineDep, m: MetricsDep) -> TranslateResponse:
+async def post_translate(
+    req: TranslateRequest, state: StateDep, planner: PlannerDep, engine: EngineDep, m: MetricsDep
+) -> TranslateResponse:
     state.require_ready()
     check_length(state, text=req.text)
     # Resolved before queueing, so unknown models or maps answer 404 without waiting for the worker.
-    resolved = await run_in_threadpool(state.resolve, req.source, req.target, None, req.layer, req.method)
+    resolved = await run_in_threadpool(planner.resolve, req.source, req.target, None, req.layer, req.method)
     try:
-        result: TranslateResponse = await engine.call(lambda: state.translate(req, resolved))
+        result: TranslateResponse = await engine.call(lambda: planner.translate(req, resolved))
     except ValueError as err:  # a text the models cannot take (no tokens, longer than their positions)
         raise InvalidRequestError(str(err)) from None
     m.tokens.labels("source").inc(len(result.tokens))

@@ -180,8 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
         fit,
         FitConfig,
         "--data",
-        help="SQuAD v1.1/v2.0 JSON, JSONL with context or text, hf:NAME[:SPLIT], or builtin:NAME (NAME: "
-        f"{', '.join(BUILTINS)}); several, comma-separated, are interleaved (default %(default)s)",
+        help="SQuAD v1.1/v2.0 JSON, JSONL with context or text, hf:NAME[:SPLIT], builtin:NAME (NAME: "
+        f"{', '.join(BUILTINS)}), or passages the models make themselves: sampled:N, vocab:N (the same as --sampled, "
+        "--vocab); several, comma-separated, are interleaved (default %(default)s)",
     )
     _option(fit, FitConfig, "--samples", type=int, help="calibration passages (default %(default)s)")
     _option(
@@ -190,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--sampled",
         type=int,
         help="also calibrate on this many passages the models write themselves (half from each, seeded, cached; "
-        "any pair can make them offline; 0 = none); added to --data's passages (default %(default)s)",
+        "any pair can make them offline; 0 = none; the same as sampled:N in --data); added to --data's passages "
+        "(default 400)",
     )
     _option(
         fit,
@@ -199,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="also calibrate on this many passages of vocabulary words (half from each model's tokenizer, 100 words "
         "each in a seeded order, probed only by repeating them: tokens the other text never shows; measured on the "
-        "real pair, no gain; 0 = none; default 0)",
+        "real pair, no gain; 0 = none; the same as vocab:N in --data; default 0)",
     )
     _option(
         fit,

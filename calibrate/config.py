@@ -28,7 +28,9 @@ from service.runtime.modes import HandoverMode, get_mode, parse_handover_modes
 DEFAULT_METHODS = ("linear", "distill")
 DEFAULT_PROBES = ("continuation", "repeat", "qa")
 DEFAULT_DATA = "builtin:fictional-qa,builtin:python-docs"  # QA passages and real prose: varied text
-DEFAULT_SNAPS = (0.0, 0.25, 0.5, 0.75, 1.0)  # candidate snap weights `fit` chooses among by the proxy KL
+DEFAULT_SNAPS = (0.0, 0.25, 0.5, 0.75, 1.0)
+# Passages the models make themselves (``data`` may name them as sampled:N, vocab:N), and how many by default.
+MADE_DEFAULTS = {"sampled": 400, "vocab": 0}  # candidate snap weights `fit` chooses among by the proxy KL
 DEFAULT_EVAL_MODES = ("replace", "full", "last_token", "embeds")
 SCREEN_BY = ("auto", "f1", "kl", "kl_xsrc")
 # What ranks maps: kl (held-out probes of the calibration text) or kl_xsrc (probes on passages of ``proxy_data``).
@@ -104,8 +106,8 @@ class FitConfig(ModelOptions):
     out: Path = Path("maps")
     data: str = DEFAULT_DATA
     samples: int = 1000
-    sampled: int = 400
-    vocab: int = 0
+    sampled: int | None = None  # None: what ``data`` names (sampled:N), else MADE_DEFAULTS
+    vocab: int | None = None
     eval_samples: int = 200
     snap: tuple[float, ...] | str = DEFAULT_SNAPS
     pairing: str = "end"
@@ -133,6 +135,7 @@ class FitConfig(ModelOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.out = Path(self.out)
+        self.data = self._passages_the_models_make()
         self.methods = _names(self.methods)
         self.probes = _names(self.probes)
         if isinstance(self.snap, str):
@@ -165,6 +168,27 @@ class FitConfig(ModelOptions):
             raise ConfigError("proxy_data", "scores maps by probes: proxy_probes must be >= 1")
         self.source_groups()
         self.target_layer_list()
+
+    def _passages_the_models_make(self) -> str:
+        """Take ``sampled:N`` and ``vocab:N`` out of ``data`` into ``sampled`` and ``vocab`` (the same as setting
+        those; setting both is refused); returns the rest of ``data``, the sources that are read."""
+        read, named = [], {}
+        for part in _names(self.data):
+            kind, sep, count = part.partition(":")
+            if kind in MADE_DEFAULTS and sep:
+                if not count.isdigit():
+                    raise ConfigError("data", f"{part!r}: {kind}:N takes a number of passages")
+                named[kind] = int(count)
+            else:
+                read.append(part)
+        for kind, fallback in MADE_DEFAULTS.items():
+            if kind in named and getattr(self, kind) is not None:
+                raise ConfigError(kind, f"is given twice: as {kind}={getattr(self, kind)} and as {kind}: in data")
+            if getattr(self, kind) is None:
+                setattr(self, kind, named.get(kind, fallback))
+        if not read and not self.sampled and not self.vocab:
+            raise ConfigError("data", "names no passages to calibrate on")
+        return ",".join(read)
 
     def source_groups(self) -> list[Group]:
         """``layers`` parsed: one group of source layers per map (``0+2``: layers 0 and 2 concatenated)."""

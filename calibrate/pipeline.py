@@ -95,7 +95,11 @@ def fit(config: FitConfig) -> FitResult:
     from calibrate.extract import extract
 
     timings: dict[str, float] = {}
-    items = read_items(config.data, seed=config.seed, builtin_size=config.samples + config.eval_samples)
+    items = (
+        read_items(config.data, seed=config.seed, builtin_size=config.samples + config.eval_samples)
+        if config.data
+        else []
+    )
     calib, held = split_items(items, config.samples, config.eval_samples, config.seed)
     if len(calib) < config.samples:
         print(

@@ -41,6 +41,8 @@ def read_items(spec: str, seed: int = 0, builtin_size: int = 2000) -> list[Item]
         return BUILTINS[name](builtin_size, seed)
     if spec.startswith("hf:"):
         return hf(spec.removeprefix("hf:"))
+    if spec.startswith(("sampled:", "vocab:")):
+        raise DataError(f"{spec}: passages the models make (sampled:N, vocab:N) are only for `fit`'s calibration data")
     return read_file(spec)
 
 

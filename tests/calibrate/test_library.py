@@ -154,3 +154,26 @@ def test_every_probe_of_the_other_source_is_held_out(tiny: dict[str, object], tm
     probes = make_probes(target, items, ["continuation", "repeat"], 8, per_passage=1)  # type: ignore[arg-type]
     through = Through.held_out(target, [it.context for it in items], probes, TrainConfig(heldout_probes=4), None)  # type: ignore[arg-type]
     assert through.train_idx == [] and len(through.held_idx) == 4 and set(through.held_idx) <= set(range(len(probes)))
+
+
+def test_passages_the_models_make_are_named_in_the_data_spec_or_by_their_options() -> None:
+    spec = FitConfig(source="a", target="b", data="builtin:fictional-qa, sampled:50,vocab:20")
+    assert (spec.data, spec.sampled, spec.vocab) == ("builtin:fictional-qa", 50, 20)
+    options = FitConfig(source="a", target="b", data="builtin:fictional-qa", sampled=50, vocab=20)
+    assert (options.data, options.sampled, options.vocab) == (spec.data, spec.sampled, spec.vocab)
+    assert (FitConfig(source="a", target="b").sampled, FitConfig(source="a", target="b").vocab) == (400, 0)
+    only_made = FitConfig(source="a", target="b", data="sampled:100")
+    assert (only_made.data, only_made.sampled) == ("", 100)
+    with pytest.raises(ConfigError, match="given twice"):
+        FitConfig(source="a", target="b", data="builtin:fictional-qa,sampled:50", sampled=10)
+    with pytest.raises(ConfigError, match="takes a number"):
+        FitConfig(source="a", target="b", data="vocab:many")
+    with pytest.raises(ConfigError, match="no passages"):
+        FitConfig(source="a", target="b", data="sampled:0")
+
+
+def test_eval_data_cannot_name_passages_the_models_make() -> None:
+    from calibrate.sources import DataError, read_items
+
+    with pytest.raises(DataError, match="only for `fit`"):
+        read_items("builtin:letters-qa,sampled:10")

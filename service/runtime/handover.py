@@ -165,7 +165,9 @@ def prepare(
     encoder: Encoder | None = None,
     grid: Grid = "source",
 ) -> Handover:
-    """Encode ``text`` with the source, project it with ``maps`` and build the target's prompt (``modes``).
+    """Encode ``text`` with the source, project it with ``maps`` and build the target's prompt (``modes``): the
+    source half (``project``) and the target half (``build_prompt``) in one process; the Ray application runs the
+    same two halves in a source and a target deployment.
 
     ``maps`` holds one map per target layer the mode needs (``HandoverMode.map_layers``: the injection layer, and for
     ``full`` every layer below it; the deepest is the injection layer). ``native`` needs no maps: the target tokenises

@@ -39,7 +39,7 @@ def random_map(d_src: int, d_tgt: int, seed: int) -> object:
 
 def run_once(source: LoadedModel, target: LoadedModel, mode: str, maps: list[LayerMap], new_tokens: int) -> dict:
     t0 = time.perf_counter()
-    handover = prepare(source, target, CONTEXT, QUESTION, mode, maps)  # type: ignore[arg-type]
+    handover = prepare(source, target, CONTEXT, QUESTION, mode, maps)
     t1 = time.perf_counter()
     params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
     first = None

@@ -28,9 +28,9 @@ from service.runtime.modes import HandoverMode, get_mode, parse_handover_modes
 DEFAULT_METHODS = ("linear", "distill")
 DEFAULT_PROBES = ("continuation", "repeat", "qa")
 DEFAULT_DATA = "builtin:fictional-qa,builtin:python-docs"  # QA passages and real prose: varied text
-DEFAULT_SNAPS = (0.0, 0.25, 0.5, 0.75, 1.0)
+DEFAULT_SNAPS = (0.0, 0.25, 0.5, 0.75, 1.0)  # candidate snap weights `fit` chooses among by the proxy KL
 # Passages the models make themselves (``data`` may name them as sampled:N, vocab:N), and how many by default.
-MADE_DEFAULTS = {"sampled": 400, "vocab": 0}  # candidate snap weights `fit` chooses among by the proxy KL
+MADE_DEFAULTS = {"sampled": 400, "vocab": 0}
 DEFAULT_EVAL_MODES = ("replace", "full", "last_token", "embeds")
 SCREEN_BY = ("auto", "f1", "kl", "kl_xsrc")
 # What ranks maps: kl (held-out probes of the calibration text) or kl_xsrc (probes on passages of ``proxy_data``).
@@ -81,6 +81,19 @@ def _parsed(name: str, parse: Any, *args: Any) -> Any:
         for prefix in (f"--{name.replace('_', '-')} ", f"{name} "):
             problem = problem.removeprefix(prefix)
         raise ConfigError(name, problem) from None
+
+
+def _snap_weights(value: tuple[float, ...] | str) -> tuple[float, ...]:
+    """Snap weights from text (``0,0.5,1``) or a sequence, each in [0, 1]."""
+    weights = _parsed("snap", parse_snaps, value, "--snap") if isinstance(value, str) else tuple(map(float, value))
+    if not weights or any(not 0 <= w <= 1 for w in weights):
+        raise ConfigError("snap", f"takes weights in [0, 1] (e.g. 0,0.5,1), got {weights}")
+    return weights
+
+
+def _layer_list(value: str | None) -> list[int] | None:
+    """``target_layers`` parsed (``8-16``, ``2,4``); None where none are named."""
+    return None if value is None else _parsed("target_layers", parse_layers, value)
 
 
 @dataclass(kw_only=True)
@@ -138,17 +151,13 @@ class FitConfig(ModelOptions):
         self.data = self._passages_the_models_make()
         self.methods = _names(self.methods)
         self.probes = _names(self.probes)
-        if isinstance(self.snap, str):
-            self.snap = _parsed("snap", parse_snaps, self.snap, "--snap")
-        self.snap = tuple(float(w) for w in self.snap)
-        if not self.snap or any(not 0 <= w <= 1 for w in self.snap):
-            raise ConfigError("snap", f"takes weights in [0, 1] (e.g. 0,0.5,1), got {self.snap}")
+        self.snap = _snap_weights(self.snap)
         if isinstance(self.train_snap, str) and self.train_snap != AUTO:
             self.train_snap = _parsed("train_snap", parse_train_snap, self.train_snap)
         if not isinstance(self.train_snap, str) and not 0 <= self.train_snap < 1:
             raise ConfigError("train_snap", f"takes {AUTO!r} or a weight in [0, 1) (at 1 no gradient passes)")
-        _check(self, ">= 1", ("samples", "eval_samples", "probe_tokens", "train_top", "train_batch"))
-        _check(self, ">= 1", ("probes_per_passage",))
+        _check(self, ">= 1", ("samples", "eval_samples", "probe_tokens", "probes_per_passage", "proxy_samples"))
+        _check(self, ">= 1", ("train_top", "train_batch"))
         _check(self, ">= 0", ("sampled", "vocab", "anchor", "proxy_probes"))
         _check(self, "> 0", ("train_epochs", "train_minutes"))
         _check(self, "in [0, 1)", ("ema",))
@@ -161,7 +170,6 @@ class FitConfig(ModelOptions):
         _choices(self, "pairing", PAIRINGS)
         _choices(self, "directions", ("both", "forward"))
         _choices(self, "rank_by", RANK_BY)
-        _check(self, ">= 1", ("proxy_samples",))
         if self.rank_by == "kl_xsrc" and self.proxy_data is None:
             raise ConfigError("rank_by", "kl_xsrc ranks by probes on another source: name it with proxy_data")
         if self.proxy_data is not None and self.proxy_probes < 1:
@@ -196,7 +204,7 @@ class FitConfig(ModelOptions):
 
     def target_layer_list(self) -> list[int] | None:
         """``target_layers`` parsed; None: for each group, layer 0 and the same relative depth."""
-        return None if self.target_layers is None else _parsed("target_layers", parse_layers, self.target_layers)
+        return _layer_list(self.target_layers)
 
     @property
     def snaps(self) -> tuple[float, ...]:
@@ -246,16 +254,14 @@ class EvalConfig(ModelOptions):
         _choices(self, "grids", GRIDS)
         self.pairs = None if self.pairs is None else _names(self.pairs)
         self.methods = None if self.methods is None else _names(self.methods)
-        if isinstance(self.snap, str):
-            self.snap = _parsed("snap", parse_snaps, self.snap, "--snap")
-        if self.snap is not None and any(not 0 <= float(w) <= 1 for w in self.snap):
-            raise ConfigError("snap", f"takes weights in [0, 1] (e.g. 0,0.5,1), got {self.snap}")
+        self.snap = None if self.snap is None else _snap_weights(self.snap)
         _choices(self, "screen_by", SCREEN_BY)
         _check(self, ">= 1", ("samples", "screen_items", "text_samples", "max_new_tokens", "batch_size"))
         self.target_layer_list()
 
     def target_layer_list(self) -> list[int] | None:
-        return None if self.target_layers is None else _parsed("target_layers", parse_layers, self.target_layers)
+        """``target_layers`` parsed: screen only maps into these; None: every map."""
+        return _layer_list(self.target_layers)
 
     def handover_modes(self) -> list[HandoverMode]:
         """``modes`` as the mode objects (parsed from their names here, where the option comes in)."""
@@ -264,7 +270,8 @@ class EvalConfig(ModelOptions):
 
     def snap_rows(self) -> tuple[float | None, ...]:
         """The snap weights scored, one row each; (None,): each map's own."""
-        return (None,) if self.snap is None else tuple(float(w) for w in self.snap)
+        assert not isinstance(self.snap, str)  # parsed in __post_init__
+        return (None,) if self.snap is None else self.snap
 
 
 def default(config: type, name: str) -> Any:

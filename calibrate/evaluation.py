@@ -165,11 +165,7 @@ def baselines(bench: Bench, source: LoadedModel | None = None) -> dict[str, Any]
     asking A instead of handing over would give)."""
     target = bench.model
     out: dict[str, Any] = {"native": bench.qa(native_builder(target)), "alone": bench.qa(alone_builder(target))}
-    nll_none = [
-        suffix_nll(target, [Prompt(NATIVE, target.tokenize(split_continuation(it.context)[1])[0], prefix_ids=[])])[0]
-        for it in bench.items
-    ]
-    out["none"] = {"nll": sum(nll_none) / max(1, len(nll_none))}
+    out["none"] = {"nll": out["alone"]["nll"]}  # the continuation read with no context: what ``alone`` scores
     if bench.texts:
         out["text"] = {
             "native": bench.text_nll(native_builder(target)),

@@ -53,10 +53,6 @@ def check_range(layers: list[int], n_layers: int, model: str, what: str, allow_l
         raise ValueError(f"{what} {bad} out of range for {model}: {why}")
 
 
-# Candidate snap weights `fit` chooses among by the proxy KL.
-SNAP_DEFAULT = "0,0.25,0.5,0.75,1"
-
-
 def parse_snaps(text: str, flag: str) -> tuple[float, ...]:
     """Comma-separated snap weights, each a share in [0, 1]."""
     try:

@@ -101,7 +101,7 @@ def fit(config: FitConfig) -> FitResult:
         else []
     )
     calib, held = split_items(items, config.samples, config.eval_samples, config.seed)
-    if len(calib) < config.samples:
+    if config.data and len(calib) < config.samples:
         print(
             f"note: {config.data} has {len(calib)} calibration passages (asked for {config.samples})", file=sys.stderr
         )

@@ -233,11 +233,7 @@ class Start:
     lt: int
     init: Aligner
     kl: float
-    rank: float = float("nan")  # what ranks it: ``kl`` unless another proxy is asked for
-
-    def __post_init__(self) -> None:
-        if self.rank != self.rank:
-            self.rank = self.kl
+    rank: float  # the score of ``SweepOptions.rank_by`` that ranks it (``kl`` itself by default)
 
 
 def sweep(d: Direction, opts: SweepOptions) -> list[MapResult]:
@@ -303,13 +299,12 @@ def rank_starts(d: Direction, through: Through, data: Pairs, opts: SweepOptions)
     for ls, lt in tqdm(main, desc=f"rank layers {d.src.name}->{d.tgt.name}", unit="pair", leave=False):
         x, y, _, _ = data[(ls, lt)]
         init = make_aligner("distill", opts.seed).fit(x, y)
-        start = Start(ls, lt, init, through.score(init, d.src.encoded, ls, lt))
-        if d.xsrc is not None and opts.rank_by == "kl_xsrc":
-            start.rank = d.xsrc.score(init, ls, lt)
-        starts.append(start)
+        kl = through.score(init, d.src.encoded, ls, lt)
+        rank = d.xsrc.score(init, ls, lt) if d.xsrc is not None and opts.rank_by == "kl_xsrc" else kl
+        starts.append(Start(ls, lt, init, kl, rank))
     chosen: list[Start] = []
     for into_embeddings in (True, False):  # KLs compare across target layers: the same probes, the same teacher
-        ranked = best_first("kl", [(s.rank, s) for s in starts if (s.lt == 0) == into_embeddings])
+        ranked = best_first(opts.rank_by, [(s.rank, s) for s in starts if (s.lt == 0) == into_embeddings])
         chosen.extend(s for _, s in ranked[: opts.train_top])
     return chosen
 

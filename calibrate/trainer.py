@@ -222,7 +222,6 @@ class Through:
     ) -> Through:
         if not probes:
             raise ValueError("no probes to train or score maps with (passages too short, or no probe kinds apply)")
-        teacher = compute_teacher(target, texts, probes, config.top_k, cache)
         train = [i for i, p in enumerate(probes) if p.passage not in held_passages]
         held = [i for i, p in enumerate(probes) if p.passage in held_passages]
         if not train or not held:
@@ -230,8 +229,7 @@ class Through:
                 f"need probes on both sides of the passage split, got {len(train)} for training and {len(held)} "
                 "held out: use more passages"
             )
-        random.Random(config.seed).shuffle(held)
-        return cls(target, texts, probes, teacher, train, held[: config.heldout_probes], config)
+        return cls._taught(target, texts, probes, train, held, config, cache)
 
     @classmethod
     def held_out(
@@ -241,10 +239,25 @@ class Through:
         with ``seed``), e.g. on passages of another source than the calibration text."""
         if not probes:
             raise ValueError("no probes on the held-out source's passages (too short, or no probe kinds apply)")
+        return cls._taught(target, texts, probes, [], list(range(len(probes))), config, cache)
+
+    @classmethod
+    def _taught(
+        cls,
+        target: LoadedModel,
+        texts: list[str],
+        probes: list[Probe],
+        train: list[int],
+        held: list[int],
+        config: TrainConfig,
+        cache: Path | None,
+    ) -> Through:
+        """The target's behaviour on the probes (``compute_teacher``, cached), with ``heldout_probes`` of the held
+        probe indices drawn with ``seed`` for scoring."""
         teacher = compute_teacher(target, texts, probes, config.top_k, cache)
-        held = list(range(len(probes)))
+        held = list(held)
         random.Random(config.seed).shuffle(held)
-        return cls(target, texts, probes, teacher, [], held[: config.heldout_probes], config)
+        return cls(target, texts, probes, teacher, train, held[: config.heldout_probes], config)
 
     def loss(
         self, map_fn: Any, encoded: list[Encoded], ls: int | tuple[int, ...], lt: int, idx: list[int], grad: bool

@@ -42,6 +42,12 @@ class Resolved:
     paths: list[Path] = field(default_factory=list)  # the maps' files, in the order of ``maps``
     source_layers: list[int] | None = None  # where the main map concatenates several source layers
 
+    @property
+    def handover_mode(self) -> HandoverMode:
+        """The mode of a generate request's handover (only ``/translate`` resolves maps without one)."""
+        assert self.mode is not None
+        return self.mode
+
 
 class RequestPlanner:
     """Plans requests against ``state``; the Ray ingress plans the same way and hands the work to deployments."""
@@ -73,8 +79,7 @@ class RequestPlanner:
         src, tgt = self.state.loaded(req.source), self.state.loaded(req.target)
         encoder = self.encoder(req.source, needed_layers(resolved.maps))
 
-        mode = resolved.mode
-        assert mode is not None  # a generate request's mode, resolved where the request came in
+        mode = resolved.handover_mode
 
         def build() -> tuple[Prompt, dict[str, float], int]:
             handover = prepare(src, tgt, req.text, req.prompt, mode, resolved.maps, req.op, encoder, req.grid)

@@ -20,15 +20,9 @@ from service.api.planner import RequestPlanner, Resolved
 from service.api.routes.translate import ERRORS, check_length
 from service.api.schemas import GenerateRequest, GenerateResponse, Usage
 from service.runtime.generate import Completion, SamplingParams
-from service.runtime.modes import HandoverMode, get_mode
+from service.runtime.modes import get_mode
 
 router = APIRouter(tags=["generate"], dependencies=[Authorized])
-
-
-def handover_mode(resolved: Resolved) -> HandoverMode:
-    """The mode of a generate request's handover (only ``/translate`` resolves maps without one)."""
-    assert resolved.mode is not None
-    return resolved.mode
 
 
 def _job(planner: RequestPlanner, req: GenerateRequest, resolved: Resolved) -> GenerateJob:
@@ -40,7 +34,7 @@ def _job(planner: RequestPlanner, req: GenerateRequest, resolved: Resolved) -> G
         seed=req.seed,
         stop=list(req.stop),
     )
-    mode = handover_mode(resolved)
+    mode = resolved.handover_mode
     group = (req.target, mode.name, resolved.target_layer)
     backend = planner.backend(req.target, mode, resolved.target_layer or 0)
     limit = planner.state.settings.request_timeout_s
@@ -65,7 +59,7 @@ def _response(
         source_layers=resolved.source_layers,
         target_layer=resolved.target_layer,
         method=resolved.method,
-        mode=handover_mode(resolved).name,
+        mode=resolved.handover_mode.name,
         timings_ms=timings,
     )
 

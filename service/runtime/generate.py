@@ -122,7 +122,8 @@ def nucleus(probs: torch.Tensor, top_p: float, first: int = 1024) -> torch.Tenso
     if mass[-1] < top_p:
         top, order = torch.sort(probs, descending=True)
         mass = torch.cumsum(top, dim=-1)
-    keep = mass - top < top_p  # the mass of the tokens ahead of each: the top token always stays
+    keep = mass - top < top_p  # the mass of the tokens ahead of each
+    keep[0] = True  # the top token always stays, also for a top_p that is 0 in the probabilities' precision
     return torch.zeros_like(probs).scatter(0, order[keep], top[keep])
 
 

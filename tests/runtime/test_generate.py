@@ -51,6 +51,17 @@ def test_nucleus_keeps_what_a_full_sort_keeps(sharpness: float, top_p: float) ->
     torch.testing.assert_close(got, expected)
 
 
+@pytest.mark.parametrize("top_p", [4.5e-165, 1e-46])
+def test_a_vanishing_top_p_keeps_the_top_token(top_p: float) -> None:
+    """top_p below float32's smallest number (4.5e-165 came in over HTTP and failed the request with a 500) keeps
+    the most probable token, as any top_p does."""
+    probs = torch.softmax(torch.tensor([1.0, 3.0, 2.5, -7.0]), dim=-1)
+    kept = nucleus(probs, top_p)
+    assert kept.nonzero().flatten().tolist() == [1]
+    params = SamplingParams(max_new_tokens=1, temperature=1.0, top_p=top_p)
+    assert {sample(torch.log(probs), params, torch.Generator().manual_seed(s)) for s in range(10)} == {1}
+
+
 @pytest.mark.parametrize("temperature", [5e-324, 1e-45, 1e-30])
 def test_a_vanishing_temperature_samples_the_greedy_token(temperature: float) -> None:
     """Temperatures below float32's smallest number (5e-324 came in over HTTP and failed the request with a 500)

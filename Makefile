@@ -40,43 +40,15 @@ $(VENV)/.models-qwen: $(VENV)/.installed service/runtime/realpair.py
 
 models-qwen: $(VENV)/.models-qwen
 
-## The bundled default maps (service/default_maps/), as shipped: smollm2 -> gemma3 fitted three times on 1000 varied
-## passages, each run ranking its maps by Gemma 3's proxy KL on its own held-out probes and training the best start
-## per way of entering the target through it (2 CPU cores): blocks 2, 4, 8 into layers 0 and 4 with the per-layer
-## maps (`full` serves least squares block 2 -> layer 4 from it; about 45 min); block 4, alone and beside SmolLM2's
-## embeddings (0+4), into layer 4 with 400 passages the models write themselves added (`replace`, `last_token`; about
-## 25 min); these two with one Adam step size (`--lr 2e-4`); block 2 beside the embeddings (0+2) into the
-## embeddings with the same text, each source token paired with the target's own token for the same characters
-## (`--pairing span`), held near its least-squares start (`--anchor 2000`, default step sizes; `embeds`; about
-## 40 min with sampling; training ends at its 18-minute budget, 551 steps on the shipped run, best at step 450).
-## gemma3 -> smollm2: blocks 2 and 4 into layers 0 and 4 with the per-layer maps and the sampled text, ranked by
-## SmolLM2's proxy KL, the best start per way of entering trained 10 min each with `--lr auto` (`replace`, `last_token`,
-## `full`; about 25 min); block 2, alone and beside Gemma 3's embeddings, into the embeddings, 10 min (`embeds`; about
-## 20 min). Each mode's maps are exported from the run that serves it (`export --modes`; proxy KLs of different runs are
-## on different held-out probes, so they are not compared); the manifest keeps the last run's calibration record (each
-## map's own metadata names its data). Every map into layer 0 keeps the snap weight toward the target's vocabulary with
-## the lowest proxy KL (`fit`'s default `--snap` candidates).
-## WORK keeps the full stores.
+## The bundled default maps (service/default_maps/): one `fit` per direction with its defaults, no per-pair flags
+## (`--full` adds the per-layer maps the `full` mode needs). Each direction searches source layers, pairing, snap
+## weight, step size and anchor by the proxy on another source, within its --budget (45 min on 2 CPU cores); writing
+## the passages the models make comes first (about 30 min, once; cached).
 WORK ?= /tmp/interlingua-default-maps
-FIT := $(PY) -m calibrate fit --data builtin:fictional-qa,builtin:python-docs --samples 1000 --directions forward
-S2G := $(FIT) --source smollm2 --target gemma3 --train-batch 2 --proxy-probes 24
 default-maps: models
-	$(S2G) --layers 2,4,8 --target-layers 0,4 --full --sampled 0 --methods linear,distill --train-minutes 12 \
-		--lr 2e-4 --out $(WORK)/s2g-low
-	$(S2G) --layers 4,0+4 --target-layers 4 --sampled 400 --methods linear,distill --train-minutes 18 \
-		--lr 2e-4 --out $(WORK)/s2g-replace
-	$(S2G) --layers 0+2 --target-layers 0 --sampled 400 --methods linear,distill --train-minutes 18 \
-		--anchor 2000 --pairing span --out $(WORK)/s2g-embeds
-	$(FIT) --source gemma3 --target smollm2 --layers 2,4 --target-layers 0,4 --full --sampled 400 \
-		--methods linear,affine,distill --train-minutes 10 --out $(WORK)/g2s
-	$(FIT) --source gemma3 --target smollm2 --layers 2,0+2 --target-layers 0 --sampled 400 \
-		--methods linear,distill --train-minutes 10 --out $(WORK)/g2s-embeds
+	$(PY) -m calibrate fit --source smollm2 --target gemma3 --full --out $(WORK)
 	rm -rf service/default_maps
-	$(PY) -m calibrate export --maps $(WORK)/g2s --modes replace,last_token,full --out service/default_maps
-	$(PY) -m calibrate export --maps $(WORK)/g2s-embeds --modes embeds --out service/default_maps
-	$(PY) -m calibrate export --maps $(WORK)/s2g-low --modes full --out service/default_maps
-	$(PY) -m calibrate export --maps $(WORK)/s2g-replace --modes replace,last_token --out service/default_maps
-	$(PY) -m calibrate export --maps $(WORK)/s2g-embeds --modes embeds --out service/default_maps
+	$(PY) -m calibrate export --maps $(WORK) --out service/default_maps
 
 ## Main job: the HTTP server on the real pair, on CPU (installs the bundled default maps on first start).
 serve: models

@@ -3,7 +3,7 @@
 A request names a direction and what its mode needs (``Need``: the runtime's modes describe themselves with one),
 and optionally the target layer, the method and (``eval``) the source layer(s).
 Candidates are the pair's maps that are not helper maps (per-layer maps only ``full`` needs), narrowed by what the
-request names; the best-scored candidate wins (lowest proxy KL where the fit measured one, else best task F1 from
+request names; the best-scored candidate wins (lowest ranking proxy where the fit measured one, else best task F1 from
 ``eval``, else best held-out R²):
 - ``embeds`` enters at layer 0: the best map into layer 0 (a helper map into layer 0 when nothing else is there);
 - ``replace``, ``last_token``: the best map into the named layer, or, with no layer named, the best map into a layer
@@ -22,10 +22,12 @@ from aligners.store import MapKey, MapNotFoundError, matching_layer, same_map
 
 
 def score(entry: dict[str, Any]) -> float:
-    """Lower is better: proxy KL, else −F1 from ``eval``, else −R², else +inf."""
+    """Lower is better: the proxy the fit ranked by (``proxy``), else the in-source proxy KL, else −F1 from ``eval``,
+    else −R², else +inf."""
     metrics = entry.get("metrics", {})
-    if "kl" in metrics:
-        return float(metrics["kl"])
+    for name in ("proxy", "kl"):
+        if name in metrics:
+            return float(metrics[name])
     if "f1" in entry.get("eval", {}):
         return -float(entry["eval"]["f1"])
     return -float(metrics.get("r2", float("-inf")))

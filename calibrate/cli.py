@@ -23,11 +23,12 @@ from aligners import MapFileError, read_header
 from aligners import load as load_map
 from aligners.resolve import choose
 from aligners.store import MapKey, MapNotFoundError, MapStore, same_map
-from calibrate.config import ConfigError, EvalConfig, FitConfig, default
+from calibrate.config import RANK_BY, SCREEN_BY, ConfigError, EvalConfig, FitConfig, default
 from calibrate.evaluation import evaluate
 from calibrate.layers import AUTO
 from calibrate.pipeline import fit
 from calibrate.probes import PROBE_KINDS
+from calibrate.search import ANCHORS, LR_RELS
 from calibrate.sources import BUILTINS, DataError
 from calibrate.sweep import METHODS, PAIRINGS
 from service.runtime.loading import ModelSpecError
@@ -44,6 +45,16 @@ def _lr(text: str) -> float | None:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected auto or a number > 0, got {text!r}")
     return value
+
+
+def _auto(text: str) -> float | None:
+    """``auto`` (None: ``fit`` chooses) or a number."""
+    if text == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number, got {text!r}") from None
 
 
 def _config(cls: type[Any], args: argparse.Namespace) -> Any:
@@ -225,8 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PAIRINGS,
         help="how token states are paired across the tokenizers for maps into the target's input embeddings (layer "
         "0): end = tokens whose spans end at the same character (as for every deeper target layer); span = each "
-        "source token with the target's own token for the same characters, where the target reads them as one "
-        "(default %(default)s)",
+        "source token with the target's own token for the same characters, where the target reads them as one; "
+        "auto = both, the one the ranking proxy scores lower is kept (default %(default)s)",
     )
     _option(
         fit,
@@ -279,9 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
         train,
         FitConfig,
         "--proxy-data",
-        help="passages of another source than --data (any --data form, e.g. builtin:stdlib-docs; none of them is "
-        "calibrated on) that every map is also scored on, as served: the proxy KL on another source (kl_xsrc), "
-        "reported beside the in-source one; choose a source your evaluation does not use (default none)",
+        help="passages of another source than --data (any --data form; none of them is calibrated on) that every map "
+        "is also scored on, as served: the proxy KL on another source (kl_xsrc), which ranks maps by default; choose "
+        "a source your evaluation does not use; none = only the in-source proxy (default %(default)s: docstrings of "
+        "standard-library modules that neither the default data nor builtin:stdlib-docs uses)",
     )
     _option(
         train,
@@ -294,9 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
         train,
         FitConfig,
         "--rank-by",
-        choices=["kl", "kl_xsrc"],
-        help="the proxy that ranks the least-squares starts for training and picks the default maps: kl (held-out "
-        "probes of the calibration text) or kl_xsrc (--proxy-data's; default %(default)s)",
+        choices=RANK_BY,
+        help="the proxy that ranks every map, chooses pairings, snap weights and training recipes, and picks the "
+        "default maps: kl (held-out probes of the calibration text) or kl_xsrc (--proxy-data's); auto = kl_xsrc "
+        "where there is --proxy-data, else kl (default %(default)s)",
     )
     _option(
         train,
@@ -312,9 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr",
         type=_lr,
         help="Adam step size: auto (default) = the weight preconditioned by each input dimension's RMS, and steps of "
-        "0.015 x each parameter's own scale (a weight's RMS at its least-squares start, for a bias the RMS of the "
+        f"a multiple of each parameter's own scale ({' or '.join(map(str, LR_RELS))}, tried in pilots, the ranking "
+        "proxy keeps the better; a weight's scale is its RMS at its least-squares start, a bias's the RMS of the "
         "map's outputs), so that training does not depend on the scale of either model's states; or a number, one "
-        "step size for every parameter (2e-4 trained the bundled smollm2 -> gemma3 maps)",
+        "step size for every parameter, not searched",
     )
     _option(train, FitConfig, "--train-batch", type=int, help="probes per training step (default %(default)s)")
     _option(train, FitConfig, "--train-epochs", type=float, help="at most this many epochs (default %(default)s)")
@@ -322,19 +336,29 @@ def build_parser() -> argparse.ArgumentParser:
         train,
         FitConfig,
         "--train-minutes",
+        type=_auto,
+        help="wall-clock time per trained map after its pilots; auto = an equal share of what --budget leaves "
+        "(default)",
+    )
+    _option(
+        train,
+        FitConfig,
+        "--budget",
         type=float,
-        help="wall-clock budget per trained map (default %(default)s: with two maps per direction a default fit of the "
-        "real pair took 66 minutes on 2 CPU cores, 32 of them sampling text once; longer can improve them, see "
-        "docs/results)",
+        help="minutes per direction for the target's probes, screening the least-squares maps, the pilots that "
+        "choose each training recipe and the training (default %(default)s: the real small pair on 2 CPU cores; "
+        "reading and encoding the text, and writing passages the models make, come before and are not counted); "
+        "a progress bar shows it spent, the report its split",
     )
     _option(
         train,
         FitConfig,
         "--anchor",
-        type=float,
+        type=_auto,
         help="weight of ‖W − W₀‖² / ‖W₀‖² in the training loss, W₀ the map's least-squares start: keeps the trained "
-        "map near it; with --lr auto W is the preconditioned weight, a different norm than with a fixed --lr "
-        "(default %(default)s: none)",
+        "map near it; with --lr auto W is the preconditioned weight, a different norm than with a fixed --lr; auto "
+        f"= each of {', '.join(f'{a:g}' for a in ANCHORS)} tried in pilots at the chosen step size, the ranking proxy "
+        "keeps the best (default)",
     )
     _option(
         train,
@@ -381,10 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
         ev,
         EvalConfig,
         "--screen-by",
-        choices=["auto", "f1", "kl", "kl_xsrc"],
+        choices=SCREEN_BY,
         help="choose each method's best map by screening F1 in replace mode, or by the fit's proxy KL on the "
-        "calibration text (kl) or on another source (kl_xsrc): no labels, no screening runs; auto = kl when every map "
-        "has one (default %(default)s)",
+        "calibration text (kl), on another source (kl_xsrc) or the one the fit ranked by (proxy): no labels, no "
+        "screening runs; auto = proxy, else kl, where every map has one (default %(default)s)",
     )
     _option(
         ev,

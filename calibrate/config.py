@@ -32,9 +32,13 @@ DEFAULT_SNAPS = (0.0, 0.25, 0.5, 0.75, 1.0)  # candidate snap weights `fit` choo
 # Passages the models make themselves (``data`` may name them as sampled:N, vocab:N), and how many by default.
 MADE_DEFAULTS = {"sampled": 400, "vocab": 0}
 DEFAULT_EVAL_MODES = ("replace", "full", "last_token", "embeds")
-SCREEN_BY = ("auto", "f1", "kl", "kl_xsrc")
-# What ranks maps: kl (held-out probes of the calibration text) or kl_xsrc (probes on passages of ``proxy_data``).
-RANK_BY = ("kl", "kl_xsrc")
+SCREEN_BY = ("auto", "f1", "kl", "kl_xsrc", "proxy")
+# What ranks maps: kl (held-out probes of the calibration text) or kl_xsrc (probes on passages of ``proxy_data``);
+# auto: kl_xsrc where there is a ``proxy_data``, else kl.
+RANK_BY = ("auto", "kl", "kl_xsrc")
+# The source the default proxy scores maps on: docstrings of standard-library modules, a source neither the default
+# calibration data nor the project's evaluation text (stdlib-docs: other modules) uses.
+DEFAULT_PROXY_DATA = "builtin:module-docs"
 
 
 class ConfigError(ValueError):
@@ -123,7 +127,7 @@ class FitConfig(ModelOptions):
     vocab: int | None = None
     eval_samples: int = 200
     snap: tuple[float, ...] | str = DEFAULT_SNAPS
-    pairing: str = "end"
+    pairing: str = "auto"
     layers: str = "2,4,0+2,0+4"
     target_layers: str | None = None
     methods: tuple[str, ...] | str = DEFAULT_METHODS
@@ -133,15 +137,16 @@ class FitConfig(ModelOptions):
     probe_tokens: int = 32
     probes_per_passage: int = 1
     proxy_probes: int = 48
-    proxy_data: str | None = None
+    proxy_data: str | None = DEFAULT_PROXY_DATA  # None or "none": no proxy on another source
     proxy_samples: int = 48
-    rank_by: str = "kl"
+    rank_by: str = "auto"
     train_top: int = 1
     lr: float | None = None
     train_batch: int = 4
     train_epochs: float = 3.0
-    train_minutes: float = 12.0
-    anchor: float = 0.0
+    train_minutes: float | None = None  # None: an equal share of what ``budget`` leaves for training
+    budget: float = 45.0  # minutes per direction: probes, screening, pilots and training
+    anchor: float | None = None  # None: searched (``calibrate.search``)
     ema: float = 0.0
     train_snap: float | str = 0.0
 
@@ -158,8 +163,11 @@ class FitConfig(ModelOptions):
             raise ConfigError("train_snap", f"takes {AUTO!r} or a weight in [0, 1) (at 1 no gradient passes)")
         _check(self, ">= 1", ("samples", "eval_samples", "probe_tokens", "probes_per_passage", "proxy_samples"))
         _check(self, ">= 1", ("train_top", "train_batch"))
-        _check(self, ">= 0", ("sampled", "vocab", "anchor", "proxy_probes"))
-        _check(self, "> 0", ("train_epochs", "train_minutes"))
+        _check(self, ">= 0", ("sampled", "vocab", "proxy_probes"))
+        _check(self, "> 0", ("train_epochs", "budget"))
+        for name, rule in (("anchor", ">= 0"), ("train_minutes", "> 0")):
+            if getattr(self, name) is not None:
+                _check(self, rule, (name,))
         _check(self, "in [0, 1)", ("ema",))
         if self.lr is not None:
             _check(self, "> 0", ("lr",))
@@ -170,8 +178,12 @@ class FitConfig(ModelOptions):
         _choices(self, "pairing", PAIRINGS)
         _choices(self, "directions", ("both", "forward"))
         _choices(self, "rank_by", RANK_BY)
+        if self.proxy_data is not None and self.proxy_data.strip().lower() in ("", "none"):
+            self.proxy_data = None
         if self.rank_by == "kl_xsrc" and self.proxy_data is None:
             raise ConfigError("rank_by", "kl_xsrc ranks by probes on another source: name it with proxy_data")
+        if self.proxy_data == DEFAULT_PROXY_DATA and self.proxy_probes < 1:
+            self.proxy_data = None  # no probes: nothing is scored, on any source
         if self.proxy_data is not None and self.proxy_probes < 1:
             raise ConfigError("proxy_data", "scores maps by probes: proxy_probes must be >= 1")
         self.source_groups()
@@ -211,10 +223,26 @@ class FitConfig(ModelOptions):
         assert isinstance(self.snap, tuple)
         return self.snap
 
+    @property
+    def ranking(self) -> str:
+        """The proxy that ranks maps: ``rank_by``, with ``auto`` resolved."""
+        if self.rank_by != "auto":
+            return self.rank_by
+        return "kl_xsrc" if self.proxy_data is not None else "kl"
+
     def sweep_options(self) -> SweepOptions:
         assert isinstance(self.methods, tuple)
         return SweepOptions(
-            self.methods, self.seed, self.train_top, self.pairing, self.snaps, self.train_snap, self.rank_by
+            self.methods,
+            self.seed,
+            self.train_top,
+            self.pairing,
+            self.snaps,
+            self.train_snap,
+            self.ranking,
+            lr=self.lr,
+            anchor=self.anchor,
+            train_minutes=self.train_minutes,
         )
 
 

@@ -399,7 +399,9 @@ def evaluate(config: EvalConfig) -> EvalReport:
     def scored_by(metric: str) -> bool:
         return all(metric in e["metrics"] for e in manifest["maps"] if not e.get("helper"))
 
-    screen_by = ("kl" if scored_by("kl") else "f1") if config.screen_by == "auto" else config.screen_by
+    screen_by = config.screen_by
+    if screen_by == "auto":  # the proxy the fit ranked by, where it recorded one
+        screen_by = next((m for m in ("proxy", "kl") if scored_by(m)), "f1")
     if screen_by != "f1" and not scored_by(screen_by):
         raise ValueError(
             f"--screen-by {screen_by} needs maps scored by that proxy (fit with --proxy-probes > 0"
@@ -419,7 +421,12 @@ def evaluate(config: EvalConfig) -> EvalReport:
         values: dict[tuple[tuple[int, ...], str], float] = {}
         for _, row in best_first(screen_by, [(row[screen_by], row) for row in result["screen"]]):
             values.setdefault((MapKey.from_entry(row).source_layers, row["method"]), row[screen_by])
-        what = {"f1": "replace-mode F1", "kl": "proxy KL", "kl_xsrc": "proxy KL on another source"}[screen_by]
+        what = {
+            "f1": "replace-mode F1",
+            "kl": "proxy KL",
+            "kl_xsrc": "proxy KL on another source",
+            "proxy": "ranking proxy KL",
+        }[screen_by]
         heatmap(
             values,
             f"{source_name} -> {target_name}: {what} (best target layer)",

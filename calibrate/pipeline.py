@@ -24,6 +24,7 @@ from aligners.store import MapStore
 from calibrate.config import FitConfig
 from calibrate.layers import check_range
 from calibrate.probes import make_probes
+from calibrate.search import Budget
 from calibrate.sources import Item, read_items, shares, split_items
 from calibrate.sweep import TRAINED, Direction, Group, HeldOutSource, Side, layer_pairs, split_passages, sweep
 from calibrate.trainer import Through, TrainConfig
@@ -41,11 +42,12 @@ class FitResult:
     calibration: dict[str, Any]
     curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     defaults: list[str] = field(default_factory=list)  # a line per default map that changed
+    search: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # per trained map, the recipes tried
 
     def markdown(self) -> str:
         from calibrate.report import fit_markdown
 
-        return fit_markdown(self.rows, self.timings_s)
+        return fit_markdown(self.rows, self.timings_s, self.search)
 
 
 def model_name(spec: str) -> str:
@@ -137,11 +139,14 @@ def fit(config: FitConfig) -> FitResult:
     }
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[dict[str, float]]] = {}
+    search: dict[str, list[dict[str, Any]]] = {}
     trains_through = config.proxy_probes > 0 or any(m in TRAINED for m in config.methods)
     for p in plans:
         src, tgt = models[p.source], models[p.target]
-        through = teacher(tgt, calib, config, timings) if trains_through else None
-        xsrc = held_out_source(tgt, proxy, proxy_encoded[p.source], config, timings) if proxy else None
+        budget = Budget(config.budget, f"{src.name}->{tgt.name}")
+        with budget.phase("probes and teacher"):
+            through = teacher(tgt, calib, config, timings) if trains_through else None
+            xsrc = held_out_source(tgt, proxy, proxy_encoded[p.source], config, timings) if proxy else None
         direction = Direction(
             Side(src.name, src, encoded[p.source]),
             Side(tgt.name, tgt, encoded[p.target]),
@@ -151,6 +156,7 @@ def fit(config: FitConfig) -> FitResult:
             through,
             p.helpers,
             xsrc,
+            budget,
         )
         for fitted in sweep(direction, config.sweep_options()):
             k = fitted.key
@@ -161,6 +167,7 @@ def fit(config: FitConfig) -> FitResult:
                     "fit_seconds": fitted.fit_seconds,
                     "n_pairs_fit": fitted.n_fit,
                     "n_pairs_heldout": fitted.n_heldout,
+                    "pairing": direction.pairings.get((k.source_layers, k.target_layer), ""),
                 }
             )
             if "curve" in fitted.extra:
@@ -168,6 +175,13 @@ def fit(config: FitConfig) -> FitResult:
             timings[f"fit {k.method}"] = timings.get(f"fit {k.method}", 0.0) + fitted.fit_seconds
             if "proxy_seconds" in fitted.extra:
                 timings["proxy KL scoring"] = timings.get("proxy KL scoring", 0.0) + fitted.extra["proxy_seconds"]
+            if "recipe" in fitted.extra:
+                rows[-1]["recipe"] = fitted.extra["recipe"]
+                search[f"{k.source}->{k.target} {k.layers_label} {k.method}"] = fitted.extra["pilots"]
+        split = budget.close()
+        print(split, file=sys.stderr)
+        for phase, seconds in budget.spent.items():
+            timings[f"{phase} {src.name}->{tgt.name}"] = seconds
 
     manifest = store.manifest()
     manifest["calibration"] = {
@@ -181,13 +195,15 @@ def fit(config: FitConfig) -> FitResult:
         "n_heldout_items": len(held),
         "proxy_data": config.proxy_data,
         "n_proxy_passages": len(proxy),
+        "rank_by": config.ranking,
+        "budget_minutes": config.budget,
         "models": {
             m.name: {"spec": m.spec, "fingerprint": m.fingerprint, "n_layers": m.n_layers} for m in models.values()
         },
     }
     store.write_manifest(manifest)
-    changes = store.choose_defaults(by=config.rank_by if trains_through else "r2")
-    result = FitResult(store.root, rows, timings, manifest["calibration"], curves, changes)
+    changes = store.choose_defaults(by="proxy" if trains_through else "r2")
+    result = FitResult(store.root, rows, timings, manifest["calibration"], curves, changes, search)
     write_report(result)
     return result
 
@@ -196,7 +212,12 @@ def write_report(result: FitResult) -> None:
     """``fit-report.json`` and ``fit-report.md`` (and ``learning-curves.png`` for trained maps) in the store."""
     from calibrate.report import learning_curves
 
-    report = {"rows": result.rows, "timings_s": result.timings_s, "calibration": result.calibration}
+    report = {
+        "rows": result.rows,
+        "timings_s": result.timings_s,
+        "calibration": result.calibration,
+        "search": result.search,
+    }
     (result.store / "fit-report.json").write_text(json.dumps({**report, "curves": result.curves}, indent=1))
     if result.curves:
         learning_curves(result.curves, result.store / "learning-curves.png")
@@ -305,8 +326,8 @@ def train_config(config: FitConfig) -> TrainConfig:
         lr=config.lr,
         batch_size=config.train_batch,
         max_epochs=config.train_epochs,
-        max_minutes=config.train_minutes,
-        anchor=config.anchor,
+        max_minutes=config.train_minutes or 12.0,  # each training sets its own (``calibrate.sweep.train_best``)
+        anchor=config.anchor or 0.0,
         ema=config.ema,
         heldout_probes=max(1, config.proxy_probes),
         seed=config.seed,

@@ -15,16 +15,34 @@ def _f(value: Any, digits: int = 3) -> str:
 def _snap(row: dict[str, Any]) -> str:
     if "snap" not in row:
         return ""
-    return f"{row['snap']:g}" + (f" ({row['kl_no_snap']:.3f})" if "kl_no_snap" in row else "")
+    return f"{row['snap']:g}" + (f" ({row['proxy_no_snap']:.3f})" if "proxy_no_snap" in row else "")
 
 
-def fit_markdown(rows: list[dict[str, Any]], timings: dict[str, float]) -> str:
+def search_markdown(search: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The training recipes each trained map's pilots tried, with the ranking proxy after each pilot."""
+    if not any(search.values()):
+        return []
+    lines = ["", "| trained map | step size | anchor | pilot steps | proxy after the pilot |"]
+    lines.append("|---|---|---:|---:|---:|")
+    for name, tried in search.items():
+        best = min(t["proxy"] for t in tried) if tried else None
+        for t in tried:
+            step = f"{t['lr']:g}" if t.get("lr") is not None else f"{t['lr_rel']:g} x scale"
+            mark = "**" if t["proxy"] == best else ""
+            lines.append(f"| {name} | {step} | {t['anchor']:g} | {t['steps']} | {mark}{t['proxy']:.3f}{mark} |")
+    return lines
+
+
+def fit_markdown(
+    rows: list[dict[str, Any]], timings: dict[str, float], search: dict[str, list[dict[str, Any]]] | None = None
+) -> str:
     xsrc = any("kl_xsrc" in r for r in rows)
     lines = [
         "| direction | layers | method | proxy KL |"
         + (" proxy KL, other source |" if xsrc else "")
-        + " snap (KL without) | R² | cosine | mean-baseline cosine | centred cosine | retrieval@1 | pairs |",
-        "|---|---|---|---:|" + ("---:|" if xsrc else "") + "---|---:|---:|---:|---:|---:|---:|",
+        + " snap (ranking proxy without) | pairing | R² | cosine | mean-baseline cosine | centred cosine |"
+        + " retrieval@1 | pairs |",
+        "|---|---|---|---:|" + ("---:|" if xsrc else "") + "---|---|---:|---:|---:|---:|---:|---:|",
     ]
     keyed = [(MapKey.from_entry(r), r) for r in rows]
     for key, r in sorted(keyed, key=lambda kr: (kr[0].source, kr[0].source_layers, kr[0].target_layer, kr[0].method)):
@@ -32,7 +50,7 @@ def fit_markdown(rows: list[dict[str, Any]], timings: dict[str, float]) -> str:
             f"| {r['source']} -> {r['target']} | {key.layers_label} | {r['method']} | "
             f"{_f(r.get('kl'))} |"
             + (f" {_f(r.get('kl_xsrc'))} |" if xsrc else "")
-            + f" {_snap(r)} | {_f(r.get('r2'))} | {_f(r.get('cosine'))} | "
+            + f" {_snap(r)} | {r.get('pairing', '')} | {_f(r.get('r2'))} | {_f(r.get('cosine'))} | "
             f"{_f(r.get('mean_baseline_cosine'))} | {_f(r.get('centred_cosine'))} | {_f(r.get('retrieval_at_1'))} | "
             f"{r.get('n_pairs_fit', '')} |"
         )
@@ -40,7 +58,9 @@ def fit_markdown(rows: list[dict[str, Any]], timings: dict[str, float]) -> str:
         "",
         "proxy KL: held-out KL (nats per probe token) of the target's next-token distributions after the handover "
         "against reading the text itself; lower is better, 0 = nothing lost. snap: the share of the way the map's "
-        "states move toward the target's nearest embedding rows (maps into layer 0), chosen by the proxy KL."
+        "states move toward the target's nearest embedding rows (maps into layer 0), chosen by the ranking proxy (fit "
+        "--rank-by). pairing: how tokens were paired across the tokenizers (maps into layer 0: the one the ranking "
+        "proxy scored lower)."
         + (
             " proxy KL, other source: the same on probes of passages from a source the maps were not calibrated on "
             "(fit --proxy-data), each map as served."
@@ -48,6 +68,7 @@ def fit_markdown(rows: list[dict[str, Any]], timings: dict[str, float]) -> str:
             else ""
         ),
     ]
+    lines += search_markdown(search or {})
     lines += ["", "| step | seconds |", "|---|---:|"] + [f"| {k} | {v:.1f} |" for k, v in timings.items()]
     return "\n".join(lines) + "\n"
 

@@ -7,9 +7,10 @@ centred cosine, R², retrieval@1).
 
 from __future__ import annotations
 
+import copy
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from aligners import Aligner, Distill, build, metrics
 from aligners.registry import takes_seed
 from aligners.store import MapKey, MapStore, best_first, layers_name, matching_layer
 from calibrate.layers import AUTO
+from calibrate.search import PILOT_SHARE, Budget, Recipe, anchor_recipes, n_pilots, step_size_recipes
 from calibrate.trainer import Through
 from service.runtime.encode import Encoded
 from service.runtime.loading import LoadedModel
@@ -101,8 +103,9 @@ def split_passages(n: int, seed: int, heldout_fraction: float = 0.1) -> tuple[li
 
 # How calibration pairs tokens across the two tokenizers: "end" pairs tokens whose spans end at the same character
 # (``pair_indices``), for every target layer; "span" pairs each source token with the target's own token for the same
-# characters (``piece_pairs``) where the map goes into the target's input embeddings, which read no context.
-PAIRINGS = ("end", "span")
+# characters (``piece_pairs``) where the map goes into the target's input embeddings, which read no context; "auto"
+# fits a map into the embeddings both ways and keeps the one the ranking proxy scores lower (deeper maps: "end").
+PAIRINGS = ("auto", "end", "span")
 
 
 def gather(
@@ -110,8 +113,8 @@ def gather(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Paired rows (source at ls, one layer or several concatenated; target at lt) over the given passages,
     float32."""
-    if pairing not in PAIRINGS:
-        raise ValueError(f"pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
+    if pairing not in PAIRINGS[1:]:
+        raise ValueError(f"pairing must be one of {', '.join(PAIRINGS[1:])}, got {pairing!r}")
     xs, ys = [], []
     for i in items:
         a, b = src.encoded[i], tgt.encoded[i]
@@ -126,49 +129,29 @@ def gather(
     return torch.cat(xs).float(), torch.cat(ys).float()
 
 
-def set_snap(
-    aligner: Aligner,
-    scores: dict[str, float],
-    through: Through | None,
-    encoded: list[Encoded],
-    ls: int | Group,
-    lt: int,
-    snaps: tuple[float, ...],
-) -> None:
-    """For a map into the target's input embeddings, record the snap weight the runtime applies
-    (``fit_info["snap"]``): among ``snaps`` the one with the lowest proxy KL, or without a proxy the first. ``kl``
-    becomes the map's KL as served; ``kl_no_snap`` keeps its KL without one."""
-    if lt != 0:
-        return
-    weight = snaps[0]
-    if through is not None and "kl" in scores:
-        weight, kls = through.choose_snap(aligner, encoded, ls, list(snaps), scores["kl"])
-        scores["kl_no_snap"], scores["kl"] = scores["kl"], kls[weight]
-    aligner.fit_info["snap"] = weight
-    scores["snap"] = weight
-
-
 def train_weight(
     train_snap: float | str,
-    through: Through,
+    judge: Judge,
     init: Aligner,
-    encoded: list[Encoded],
     ls: int | Group,
     snaps: tuple[float, ...],
     init_kl: float,
 ) -> float:
     """The snap weight a map into layer 0 is trained through: ``train_snap``, or with ``AUTO`` the weight among
-    ``snaps`` with the lowest proxy KL for its least-squares start ``init`` (whose own KL is ``init_kl``); below 1."""
-    weight = through.choose_snap(init, encoded, ls, list(snaps), init_kl)[0] if train_snap == AUTO else train_snap
+    ``snaps`` the ranking proxy scores lowest for its least-squares start ``init`` (whose own score is ``init_kl``);
+    below 1."""
+    weight = judge.choose_snap(init, ls, snaps, init_kl)[0] if train_snap == AUTO else train_snap
     assert isinstance(weight, float)
     return weight if weight < 1 else 0.0
 
 
 @dataclass(frozen=True)
 class SweepOptions:
-    """How one direction's maps are fitted and which are trained (``FitConfig.sweep_options``). ``rank_by``: the
-    proxy that ranks the least-squares starts for training, ``kl`` (held-out probes of the calibration text) or
-    ``kl_xsrc`` (probes on passages of another source, ``HeldOutSource``)."""
+    """How one direction's maps are fitted, ranked and trained (``FitConfig.sweep_options``). ``rank_by``: the proxy
+    that ranks every candidate, chooses pairings, snap weights and training recipes, ``kl`` (held-out probes of the
+    calibration text) or ``kl_xsrc`` (probes on passages of another source, ``HeldOutSource``). ``lr`` and ``anchor``
+    fix the training recipe; None searches it (``calibrate.search``). ``train_minutes``: each final training's time;
+    None: an equal share of the direction's budget."""
 
     methods: tuple[str, ...]
     seed: int = 0
@@ -177,6 +160,27 @@ class SweepOptions:
     snaps: tuple[float, ...] = (0.0,)
     train_snap: float | str = 0.0
     rank_by: str = "kl"
+    lr: float | None = None
+    lr_rel: float = 0.015
+    anchor: float | None = 0.0
+    train_minutes: float | None = None
+
+
+@dataclass
+class Judge:
+    """One proxy: probes the target reads after a map's handover (``Through``) with the source's states of their
+    passages; scores a map as served (lower is better)."""
+
+    through: Through
+    encoded: list[Encoded]
+
+    def score(self, aligner: Aligner, ls: int | Group, lt: int, snap: float = 0.0) -> float:
+        return self.through.score(aligner, self.encoded, ls, lt, snap)
+
+    def choose_snap(
+        self, aligner: Aligner, ls: int | Group, snaps: tuple[float, ...], kl0: float
+    ) -> tuple[float, dict[float, float]]:
+        return self.through.choose_snap(aligner, self.encoded, ls, list(snaps), kl0)
 
 
 @dataclass
@@ -186,10 +190,6 @@ class HeldOutSource:
 
     through: Through
     encoded: list[Encoded]
-
-    def score(self, aligner: Aligner, ls: int | Group, lt: int) -> float:
-        """The map's KL on these probes as it is served (with its snap weight, for a map into layer 0)."""
-        return self.through.score(aligner, self.encoded, ls, lt, float(aligner.fit_info.get("snap", 0.0)))
 
 
 @dataclass
@@ -204,9 +204,26 @@ class Direction:
     through: Through | None = None
     helpers: set[tuple[Group, int]] = field(default_factory=set)
     xsrc: HeldOutSource | None = None  # the proxy on another source, scored beside ``through``'s (``kl_xsrc``)
+    budget: Budget | None = None
+    pairings: dict[tuple[Group, int], str] = field(default_factory=dict)  # how each pair's tokens were paired
 
     def split(self, seed: int) -> tuple[list[int], list[int]]:
         return split_passages(len(self.src.encoded), seed)
+
+    def judges(self) -> dict[str, Judge]:
+        """The proxies this direction measures: ``kl`` (calibration text) and ``kl_xsrc`` (another source)."""
+        out = {}
+        if self.through is not None:
+            out["kl"] = Judge(self.through, self.src.encoded)
+        if self.xsrc is not None:
+            out["kl_xsrc"] = Judge(self.xsrc.through, self.xsrc.encoded)
+        return out
+
+    def phase(self, name: str) -> Any:
+        """Time ``name`` against the direction's budget (a no-op without one)."""
+        from contextlib import nullcontext
+
+        return self.budget.phase(name) if self.budget is not None else nullcontext()
 
     def meta(self, x: torch.Tensor, xh: torch.Tensor, n_fit: int) -> dict[str, Any]:
         src, tgt = self.src.model, self.tgt.model
@@ -222,18 +239,52 @@ class Direction:
         }
 
 
+def score_proxies(
+    d: Direction,
+    aligner: Aligner,
+    ls: Group,
+    lt: int,
+    opts: SweepOptions,
+    scores: dict[str, float],
+    unsnapped: dict[str, float] | None = None,
+) -> None:
+    """Both proxies of a candidate map as it will be served, into ``scores``: for a map into layer 0 first the snap
+    weight among ``opts.snaps`` the ranking proxy scores lowest (stored in the map, ``fit_info["snap"]``; the first
+    weight where nothing scores), then every proxy at that weight. ``proxy`` is the ranking proxy's score (what ranks
+    maps and picks defaults), ``proxy_no_snap`` its score without a snap. ``unsnapped``: proxies already measured
+    without a snap (not measured again)."""
+    judges = {} if (ls, lt) in d.helpers else d.judges()  # helper maps are never candidates: no proxy
+    known = unsnapped or {}
+    weight = 0.0
+    if lt == 0:
+        weight = opts.snaps[0]
+        if opts.rank_by in judges:
+            judge = judges[opts.rank_by]
+            k0 = known[opts.rank_by] if opts.rank_by in known else judge.score(aligner, ls, 0)
+            weight, kls = judge.choose_snap(aligner, ls, opts.snaps, k0)
+            scores["proxy_no_snap"], scores[opts.rank_by] = k0, kls[weight]
+        aligner.fit_info["snap"] = weight
+        scores["snap"] = weight
+    for name, judge in judges.items():
+        if name not in scores:
+            scores[name] = known[name] if name in known and not weight else judge.score(aligner, ls, lt, weight)
+    if opts.rank_by in scores:
+        scores["proxy"] = scores[opts.rank_by]
+
+
 Pairs = dict[tuple[Group, int], tuple[torch.Tensor, ...]]  # (x, y, x held out, y held out) per layer pair
 
 
 @dataclass
 class Start:
-    """A least-squares start for training: its layer pair, the map and its proxy KL."""
+    """A least-squares start for training: its layer pair, the map, its in-source proxy KL (``kl``) and the score of
+    ``SweepOptions.rank_by`` that ranks it (``rank``)."""
 
     ls: Group
     lt: int
     init: Aligner
     kl: float
-    rank: float  # the score of ``SweepOptions.rank_by`` that ranks it (``kl`` itself by default)
+    rank: float
 
 
 def sweep(d: Direction, opts: SweepOptions) -> list[MapResult]:
@@ -241,51 +292,73 @@ def sweep(d: Direction, opts: SweepOptions) -> list[MapResult]:
     kinds from the best least-squares starts (``train_best``).
 
     With ``d.through`` (probes and the target's own behaviour on them), every map is also scored by the held-out KL
-    of the target reading the probes after the handover (``kl``, lower is better). ``d.helpers`` are the per-layer
-    pairs only the ``full`` mode needs: fitted, never trained. Every map into layer 0 gets the snap weight among
-    ``opts.snaps`` with the lowest proxy KL (``choose_snap``; the first without a proxy).
+    of the target reading the probes after the handover (``kl``, lower is better), and with ``d.xsrc`` by the same on
+    another source (``kl_xsrc``). ``d.helpers`` are the per-layer pairs only the ``full`` mode needs: fitted, never
+    trained. Every map into layer 0 gets the snap weight among ``opts.snaps`` the ranking proxy scores lowest.
     """
     trained = [m for m in opts.methods if m in TRAINED]
     if trained and d.through is None:
         raise ValueError(f"method(s) {trained} train through the target and need probes (a teacher)")
-    results, data = fit_closed_form(d, opts)
+    with d.phase("least squares and screening"):
+        results, data = fit_closed_form(d, opts)
     if trained and d.through is not None:
         results += train_best(d, d.through, data, opts)
     return results
 
 
+def choose_pairing(d: Direction, ls: Group, fit_idx: list[int], opts: SweepOptions) -> tuple[str, dict[str, float]]:
+    """For a map into layer 0 with ``opts.pairing == "auto"``: the pairing whose least-squares map the ranking proxy
+    scores lower (without a snap), with each pairing's score; else ``opts.pairing`` (``end`` for deeper maps)."""
+    if opts.pairing != "auto":
+        return opts.pairing, {}
+    judge = d.judges().get(opts.rank_by)
+    if judge is None:
+        return "end", {}
+    scored = {}
+    for pairing in PAIRINGS[1:]:
+        x, y = gather(d.src, d.tgt, fit_idx, ls, 0, pairing)
+        scored[pairing] = judge.score(make_aligner("linear", opts.seed).fit(x, y), ls, 0)
+    return best_first("kl", [(kl, p) for p, kl in scored.items()])[0][1], scored
+
+
 def fit_closed_form(d: Direction, opts: SweepOptions) -> tuple[list[MapResult], Pairs]:
     """Every method that is not trained, for every layer pair, scored and saved; returns the paired rows too."""
-    src, tgt, through = d.src, d.tgt, d.through
+    src, tgt = d.src, d.tgt
     fit_idx, held_idx = d.split(opts.seed)
     closed = [m for m in opts.methods if m not in TRAINED]
     results = []
     data: Pairs = {}
     bar = tqdm(total=len(d.pairs) * len(closed), desc=f"fit {src.name}->{tgt.name}", unit="map")
     for ls, lt in d.pairs:
-        x, y = gather(src, tgt, fit_idx, ls, lt, opts.pairing)
-        xh, yh = gather(src, tgt, held_idx, ls, lt, opts.pairing)
+        pairing, by_pairing = ("end", {}) if lt or (ls, lt) in d.helpers else choose_pairing(d, ls, fit_idx, opts)
+        x, y = gather(src, tgt, fit_idx, ls, lt, pairing)
+        xh, yh = gather(src, tgt, held_idx, ls, lt, pairing)
         data[(ls, lt)] = (x, y, xh, yh)
+        d.pairings[(ls, lt)] = pairing
         for method in closed:
             start = time.perf_counter()
             aligner = make_aligner(method, opts.seed).fit(x, y)
             seconds = time.perf_counter() - start
             scores = metrics.evaluate(aligner.transform(xh), yh, target_mean=y.mean(dim=0)) if len(xh) > 1 else {}
+            scores.update({f"proxy_{p}_pairing": kl for p, kl in by_pairing.items()})
             proxy_start = time.perf_counter()
-            if through is not None and (ls, lt) not in d.helpers:  # helper maps are never candidates: no proxy
-                scores["kl"] = through.score(aligner, src.encoded, ls, lt)
-            set_snap(aligner, scores, through, src.encoded, ls, lt, opts.snaps)
-            if d.xsrc is not None and (ls, lt) not in d.helpers:
-                scores["kl_xsrc"] = d.xsrc.score(aligner, ls, lt)
+            score_proxies(d, aligner, ls, lt, opts, scores)
             proxy_seconds = time.perf_counter() - proxy_start
             key = MapKey.of(src.name, tgt.name, ls, lt, method)
-            meta = {**d.meta(x, xh, len(fit_idx)), "fit_seconds": seconds}
+            meta = {**d.meta(x, xh, len(fit_idx)), "fit_seconds": seconds, "pairing": pairing}
             d.store.save(key, aligner, meta, scores, helper=(ls, lt) in d.helpers)
             results.append(
-                MapResult(key, scores, seconds, int(x.shape[0]), int(xh.shape[0]), {"proxy_seconds": proxy_seconds})
+                MapResult(
+                    key,
+                    scores,
+                    seconds,
+                    int(x.shape[0]),
+                    int(xh.shape[0]),
+                    {"proxy_seconds": proxy_seconds},
+                )
             )
             bar.update(1)
-            shown = f"kl={scores['kl']:.3f}" if "kl" in scores else f"r2={scores.get('r2', float('nan')):.3f}"
+            shown = f"proxy={scores['proxy']:.3f}" if "proxy" in scores else f"r2={scores.get('r2', float('nan')):.3f}"
             bar.set_postfix_str(f"{key.layers_label} {method} {shown}")
     bar.close()
     return results, data
@@ -293,60 +366,126 @@ def fit_closed_form(d: Direction, opts: SweepOptions) -> tuple[list[MapResult], 
 
 def rank_starts(d: Direction, through: Through, data: Pairs, opts: SweepOptions) -> list[Start]:
     """The ``train_top`` best layer pairs per way of entering the target (into its input embeddings, layer 0; into a
-    deeper layer), ranked by the proxy KL of their least-squares start, best first."""
+    deeper layer), ranked by the ranking proxy of their least-squares start (without a snap), best first."""
     starts = []
+    judge = d.judges().get(opts.rank_by)
     main = [pair for pair in d.pairs if pair not in d.helpers]
     for ls, lt in tqdm(main, desc=f"rank layers {d.src.name}->{d.tgt.name}", unit="pair", leave=False):
         x, y, _, _ = data[(ls, lt)]
         init = make_aligner("distill", opts.seed).fit(x, y)
         kl = through.score(init, d.src.encoded, ls, lt)
-        rank = d.xsrc.score(init, ls, lt) if d.xsrc is not None and opts.rank_by == "kl_xsrc" else kl
+        rank = judge.score(init, ls, lt) if judge is not None and opts.rank_by != "kl" else kl
         starts.append(Start(ls, lt, init, kl, rank))
     chosen: list[Start] = []
     for into_embeddings in (True, False):  # KLs compare across target layers: the same probes, the same teacher
-        ranked = best_first(opts.rank_by, [(s.rank, s) for s in starts if (s.lt == 0) == into_embeddings])
+        ranked = best_first("kl", [(s.rank, s) for s in starts if (s.lt == 0) == into_embeddings])
         chosen.extend(s for _, s in ranked[: opts.train_top])
     return chosen
 
 
+def train_one(
+    d: Direction,
+    through: Through,
+    data: Pairs,
+    method: str,
+    s: Start,
+    opts: SweepOptions,
+    recipe: Recipe,
+    seconds: float,
+) -> tuple[Distill, dict[str, Any], float]:
+    """A fresh map of ``method`` from the start ``s``, trained with ``recipe`` for at most ``seconds``; returns it,
+    the training report and the snap weight it was trained through."""
+    x, y, _, _ = data[(s.ls, s.lt)]
+    # The plain kind trains a copy of the very start it was ranked by (no second fit); other variants fit their own.
+    aligner = copy.deepcopy(s.init) if method == "distill" else make_aligner(method, opts.seed).fit(x, y)
+    assert isinstance(aligner, Distill)  # every trained method is a distill map
+    weight = 0.0
+    if s.lt == 0:
+        judge = d.judges()[opts.rank_by] if opts.rank_by in d.judges() else Judge(through, d.src.encoded)
+        weight = train_weight(opts.train_snap, judge, aligner, s.ls, opts.snaps, s.rank)
+    config = replace(
+        through.config, lr=recipe.lr, lr_rel=recipe.lr_rel, anchor=recipe.anchor, max_minutes=max(seconds, 10) / 60
+    )
+    label = f"{d.src.name}->{d.tgt.name} L{layers_name(s.ls)}->L{s.lt} {recipe.label}"
+    report = replace(through, config=config).train(aligner, d.src.encoded, s.ls, s.lt, label=label, snap=weight)
+    return aligner, report, weight
+
+
+def choose_recipe(
+    d: Direction, through: Through, data: Pairs, method: str, s: Start, opts: SweepOptions, seconds: float
+) -> tuple[Recipe, list[dict[str, Any]]]:
+    """The training recipe the ranking proxy scores best after a pilot of ``seconds`` each: step sizes first, then
+    anchors at the best step size (``calibrate.search``); returns it with every pilot's recipe and score."""
+    judge = d.judges().get(opts.rank_by, Judge(through, d.src.encoded))
+    tried: list[dict[str, Any]] = []
+
+    def best_of(recipes: list[Recipe]) -> None:
+        for recipe in recipes:
+            aligner, report, weight = train_one(d, through, data, method, s, opts, recipe, seconds)
+            proxy = judge.score(aligner, s.ls, s.lt, weight)
+            tried.append({**asdict(recipe), "steps": report["steps"], "proxy": proxy})
+
+    best_of(step_size_recipes(opts.lr, opts.anchor, opts.lr_rel))
+    best = best_first("kl", [(t["proxy"], t) for t in tried])[0][1]
+    best_of(anchor_recipes(Recipe(best["lr_rel"], best["anchor"], best["lr"]), opts.anchor))
+    best = best_first("kl", [(t["proxy"], t) for t in tried])[0][1]
+    return Recipe(best["lr_rel"], best["anchor"], best["lr"]), tried
+
+
 def train_best(d: Direction, through: Through, data: Pairs, opts: SweepOptions) -> list[MapResult]:
-    """Train each trained kind through the target from the best least-squares starts (``rank_starts``), score and
-    save it. A map into layer 0 is trained as served with the snap weight ``opts.train_snap`` (``AUTO``: the weight
-    chosen for its start; a weight of 1 trains it unsnapped, since no gradient passes a full snap)."""
+    """Train each trained kind through the target from the best least-squares starts (``rank_starts``), with the
+    recipe its pilots chose (``choose_recipe``; none where ``opts`` fixes it), score and save it. A map into layer 0
+    is trained as served with the snap weight ``opts.train_snap`` (``AUTO``: the weight chosen for its start; a weight
+    of 1 trains it unsnapped, since no gradient passes a full snap)."""
     src, tgt = d.src, d.tgt
     fit_idx, _ = d.split(opts.seed)
-    starts = rank_starts(d, through, data, opts)
+    with d.phase("least squares and screening"):
+        starts = rank_starts(d, through, data, opts)
+    jobs = [(method, s) for method in opts.methods if method in TRAINED for s in starts]
+    pilots = n_pilots(opts.lr, opts.anchor, opts.lr_rel)
+    per_map = 60 * (opts.train_minutes if opts.train_minutes is not None else 12.0)  # without a budget
+    left = d.budget.left_s() if d.budget is not None else per_map * len(jobs)
+    pilot_s = PILOT_SHARE * left / (len(jobs) * pilots) if pilots and jobs else 0.0
     results = []
-    for method in [m for m in opts.methods if m in TRAINED]:
-        for s in starts:
-            ls, lt = s.ls, s.lt
-            x, y, xh, yh = data[(ls, lt)]
-            start = time.perf_counter()
-            # The plain kind trains the very start it was ranked by (no second fit); other variants fit their own.
-            aligner = s.init if method == "distill" else make_aligner(method, opts.seed).fit(x, y)
-            assert isinstance(aligner, Distill)  # every trained method is a distill map
-            label = f"{src.name}->{tgt.name} L{layers_name(ls)}->L{lt}"
-            weight = 0.0
-            if lt == 0:
-                weight = train_weight(opts.train_snap, through, aligner, src.encoded, ls, opts.snaps, s.kl)
-            report = through.train(aligner, src.encoded, ls, lt, label=label, snap=weight)
-            seconds = time.perf_counter() - start
+    for i, (method, s) in enumerate(jobs):
+        ls, lt = s.ls, s.lt
+        x, y, xh, yh = data[(ls, lt)]
+        recipe = step_size_recipes(opts.lr, opts.anchor, opts.lr_rel)[0]
+        tried: list[dict[str, Any]] = []
+        if pilots:
+            with d.phase("pilots"):
+                recipe, tried = choose_recipe(d, through, data, method, s, opts, pilot_s)
+        seconds = per_map
+        if opts.train_minutes is None and d.budget is not None:  # an equal share of what the later pilots leave
+            later = len(jobs) - i
+            seconds = (d.budget.left_s() - pilot_s * pilots * (later - 1)) / later
+        start = time.perf_counter()
+        with d.phase("training"):
+            aligner, report, weight = train_one(d, through, data, method, s, opts, recipe, seconds)
+        seconds = time.perf_counter() - start
+        with d.phase("least squares and screening"):
             scores = metrics.evaluate(aligner.transform(xh), yh, target_mean=y.mean(dim=0)) if len(xh) > 1 else {}
-            # Trained through a snap, its own held-out KL (without one) is scored apart.
-            scores["kl"] = through.score(aligner, src.encoded, ls, lt) if weight else report["heldout_kl"]
             scores["init_kl"] = s.kl
-            set_snap(aligner, scores, through, src.encoded, ls, lt, opts.snaps)
-            if d.xsrc is not None:
-                scores["kl_xsrc"] = d.xsrc.score(aligner, ls, lt)
-            key = MapKey.of(src.name, tgt.name, ls, lt, method)
-            meta = {
-                **d.meta(x, xh, len(fit_idx)),
-                "fit_seconds": seconds,
-                "train": {k: v for k, v in report.items() if k != "curve"},
-                "probes": sorted({p.kind for p in through.probes}),
-            }
-            d.store.save(key, aligner, meta, scores)
-            results.append(
-                MapResult(key, scores, seconds, int(x.shape[0]), int(xh.shape[0]), {"curve": report["curve"]})
+            # Trained unsnapped, its own held-out KL without a snap is known.
+            score_proxies(d, aligner, ls, lt, opts, scores, {} if weight else {"kl": report["heldout_kl"]})
+        key = MapKey.of(src.name, tgt.name, ls, lt, method)
+        meta = {
+            **d.meta(x, xh, len(fit_idx)),
+            "fit_seconds": seconds,
+            "pairing": d.pairings[(ls, lt)],
+            "train": {k: v for k, v in report.items() if k != "curve"} | {"recipe": asdict(recipe)},
+            "pilots": tried,
+            "probes": sorted({p.kind for p in through.probes}),
+        }
+        d.store.save(key, aligner, meta, scores)
+        results.append(
+            MapResult(
+                key,
+                scores,
+                seconds,
+                int(x.shape[0]),
+                int(xh.shape[0]),
+                {"curve": report["curve"], "recipe": recipe.label, "pilots": tried},
             )
+        )
     return results

@@ -22,6 +22,7 @@ BUILTINS: dict[str, Callable[[int, int], list[Item]]] = {
     "letters-qa": letters.generate_items,
     "python-docs": prose.python_docs,
     "stdlib-docs": prose.stdlib_docs,
+    "module-docs": prose.module_docs,
 }
 
 __all__ = ["BUILTINS", "DataError", "Item", "read_items", "shares", "split_items"]

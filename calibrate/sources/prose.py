@@ -3,7 +3,9 @@
 - ``builtin:python-docs``: the Python language reference's topic pages (``pydoc_data.topics``, the text behind
   ``help("if")``), cut into passages of whole paragraphs;
 - ``builtin:stdlib-docs``: the docstrings of a fixed list of standard-library modules and their public members,
-  written by other authors in another register (API documentation); kept for held-out plain-text scoring.
+  written by other authors in another register (API documentation); kept for held-out plain-text scoring;
+- ``builtin:module-docs``: the same for other modules (``OTHER_MODULES``): the default held-out source of ``fit``'s
+  proxy, apart from both.
 Code blocks and grammar rules are dropped; each passage is 200-700 characters of whole paragraphs. The lists are the
 same for a given Python version; ``seed`` shuffles them.
 """
@@ -73,6 +75,72 @@ STDLIB_MODULES = (
     "zipfile",
 )
 
+# Other standard-library modules (none of STDLIB_MODULES): ``builtin:module-docs``, the passages ``fit``'s default
+# proxy scores maps on, apart from both the default calibration text and the evaluation's plain text.
+OTHER_MODULES = (
+    "abc",
+    "array",
+    "ast",
+    "asyncio.events",
+    "asyncio.queues",
+    "asyncio.tasks",
+    "binascii",
+    "bz2",
+    "cmd",
+    "codecs",
+    "concurrent.futures._base",
+    "configparser",
+    "copy",
+    "ctypes",
+    "dis",
+    "doctest",
+    "filecmp",
+    "fnmatch",
+    "ftplib",
+    "getopt",
+    "gettext",
+    "glob",
+    "graphlib",
+    "hashlib",
+    "hmac",
+    "html.parser",
+    "http.cookiejar",
+    "http.server",
+    "locale",
+    "lzma",
+    "mimetypes",
+    "multiprocessing.pool",
+    "netrc",
+    "numbers",
+    "operator",
+    "optparse",
+    "os",
+    "pdb",
+    "pkgutil",
+    "platform",
+    "poplib",
+    "quopri",
+    "secrets",
+    "selectors",
+    "socket",
+    "socketserver",
+    "ssl",
+    "struct",
+    "sysconfig",
+    "tokenize",
+    "traceback",
+    "tracemalloc",
+    "types",
+    "warnings",
+    "weakref",
+    "wsgiref.simple_server",
+    "xml.dom.minidom",
+    "xml.etree.ElementTree",
+    "xmlrpc.client",
+    "zipimport",
+    "zoneinfo",
+)
+
 
 def _paragraphs(text: str) -> list[str]:
     """Prose paragraphs of a document: blank-line separated, code, tables and headings left out, lines joined."""
@@ -118,8 +186,17 @@ def python_docs(n: int, seed: int = 0) -> list[Item]:
 
 
 def stdlib_docs(n: int, seed: int = 0) -> list[Item]:
+    return _items("stdlib-docs", _passages(_docstrings(STDLIB_MODULES)), n, seed)
+
+
+def module_docs(n: int, seed: int = 0) -> list[Item]:
+    return _items("module-docs", _passages(_docstrings(OTHER_MODULES)), n, seed)
+
+
+def _docstrings(modules: tuple[str, ...]) -> list[str]:
+    """The prose paragraphs of the modules' docstrings and their public classes' and functions'."""
     paragraphs: list[str] = []
-    for name in STDLIB_MODULES:
+    for name in modules:
         try:
             module = importlib.import_module(name)
         except ImportError:  # a module this Python was built without (e.g. turtle without Tk)
@@ -130,4 +207,4 @@ def stdlib_docs(n: int, seed: int = 0) -> list[Item]:
             if public and getattr(member, "__module__", None) == module.__name__:
                 docs.append(inspect.getdoc(member) or "")
         paragraphs.extend(p for doc in docs for p in _paragraphs(doc))
-    return _items("stdlib-docs", _passages(paragraphs), n, seed)
+    return paragraphs

@@ -127,10 +127,9 @@ def test_a_proxy_on_another_source_scores_every_map_and_can_rank_them(
     # The default map is the one the other source's proxy ranks first (the calibration text's may differ).
     manifest = json.loads((fitted.store / "manifest.json").read_text())
     best = min(manifest["maps"], key=lambda e: e["metrics"]["kl_xsrc"])
-    assert (
-        same_map(manifest["defaults"]["llama__gemma3"], best)
-        and manifest["defaults"]["llama__gemma3"]["by"] == "kl_xsrc"
-    )
+    default = manifest["defaults"]["llama__gemma3"]
+    assert same_map(default, best) and default["by"] == "proxy"
+    assert fitted.calibration["rank_by"] == "kl_xsrc" and all(r["proxy"] == r["kl_xsrc"] for r in fitted.rows)
 
 
 def test_the_other_sources_passages_are_never_calibration_passages(tiny: dict[str, object]) -> None:

@@ -296,13 +296,13 @@ def test_cli_trains_distill_maps_ranks_by_proxy_and_reports_curves(tiny_dirs: di
     args += ["--eval-samples", "8", "--layers", "1-2", "--target-layers", "0,1,2", "--methods", "linear,distill"]
     args += ["--directions", "forward", "--out", str(out), "--cache", str(tmp_path / "cache"), "--train-epochs", "1"]
     args += ["--sampled", "0"]
-    assert main([*args, "--proxy-probes", "8", "--train-snap", "auto"]) == 0
+    assert main([*args, "--proxy-probes", "8", "--train-snap", "auto", "--proxy-data", "none"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     trained = [e for e in manifest["maps"] if e["method"] == "distill"]
     # Trained: the best start into the embeddings (layer 0) and the best into a deeper layer (1 or 2), by proxy KL.
     assert sorted(e["target_layer"] == 0 for e in trained) == [False, True]
     starts = {  # training starts from the map as fitted: ranked by its KL without a snap
-        (e["source_layer"], e["target_layer"]): e["metrics"].get("kl_no_snap", e["metrics"]["kl"])
+        (e["source_layer"], e["target_layer"]): e["metrics"].get("proxy_no_snap", e["metrics"]["kl"])
         for e in manifest["maps"]
         if e["method"] == "linear"
     }
@@ -310,7 +310,8 @@ def test_cli_trains_distill_maps_ranks_by_proxy_and_reports_curves(tiny_dirs: di
         rivals = [kl for (ls, lt), kl in starts.items() if (lt == 0) == (e["target_layer"] == 0)]
         assert e["metrics"]["init_kl"] == pytest.approx(min(rivals), rel=1e-4)
     assert all(("kl" in e["metrics"]) != bool(e.get("helper")) for e in manifest["maps"])
-    assert manifest["defaults"]["llama__gemma3"]["by"] == "kl"
+    assert manifest["defaults"]["llama__gemma3"]["by"] == "proxy"
+    assert all(e["metrics"]["proxy"] == e["metrics"]["kl"] for e in manifest["maps"] if not e.get("helper"))
     assert (out / "learning-curves.png").stat().st_size > 0
     aligner, meta = load(out / trained[0]["path"])
     assert aligner.kind == "distill" and meta["train"]["steps"] >= 1 and "init_kl" in meta["metrics"]
@@ -321,7 +322,7 @@ def test_cli_trains_distill_maps_ranks_by_proxy_and_reports_curves(tiny_dirs: di
             assert "snap" not in e["metrics"]
             continue
         m = e["metrics"]
-        assert m["snap"] in (0.0, 0.25, 0.5, 0.75, 1.0) and m["kl"] <= m["kl_no_snap"]
+        assert m["snap"] in (0.0, 0.25, 0.5, 0.75, 1.0) and m["kl"] <= m["proxy_no_snap"]
         assert load(out / e["path"])[0].fit_info["snap"] == m["snap"]
     # Trained into the embeddings through the snap its least-squares start chose (below 1: else unsnapped).
     (into_embeddings,) = [e for e in trained if e["target_layer"] == 0]

@@ -1,0 +1,133 @@
+"""What ``fit`` chooses by itself: source layers, pairing and training recipe, by the ranking proxy, within a budget.
+
+Planted relations on tiny models: a model handed its own states must be found to need its own layer (layer 0 into the
+embeddings, layer 2 into layer 2); the pairing kept is the one an explicit fit of each scores best; the recipe kept is
+the pilot the proxy scores best; fixing the recipe runs no pilot.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from aligners import load
+from aligners.store import MapStore
+from calibrate import FitConfig, fit
+from calibrate.search import ANCHORS, LR_RELS, Budget, Recipe, anchor_recipes, n_pilots, step_size_recipes
+from calibrate.sources import read_items
+
+
+def _fit(tiny_dirs: dict[str, Path], tmp_path: Path, source: str, target: str, **options: Any) -> Any:
+    base: dict[str, Any] = {
+        "out": tmp_path / "maps",
+        "cache": tmp_path / "cache",
+        "data": "builtin:fictional-qa",
+        "samples": 32,
+        "eval_samples": 4,
+        "sampled": 0,
+        "directions": "forward",
+        "proxy_probes": 8,
+        "proxy_samples": 8,
+        "train_epochs": 0.5,
+        "budget": 5.0,
+    }
+    return fit(FitConfig(source=str(tiny_dirs[source]), target=str(tiny_dirs[target]), **(base | options)))
+
+
+def test_the_recipes_tried_are_step_sizes_then_anchors_unless_fixed() -> None:
+    first = step_size_recipes(None, None, LR_RELS[0])
+    assert [r.lr_rel for r in first] == list(LR_RELS) and {r.anchor for r in first} == {0.0}
+    assert [r.anchor for r in anchor_recipes(first[1], None)] == [a for a in ANCHORS if a != 0.0]
+    assert n_pilots(None, None, LR_RELS[0]) == len(LR_RELS) + len(ANCHORS) - 1
+    assert step_size_recipes(1e-3, None, 0.015) == [Recipe(0.015, 0.0, 1e-3)]  # a fixed step size is not searched
+    assert anchor_recipes(Recipe(0.015, 0.0), 5.0) == []  # nor a fixed anchor
+    assert n_pilots(1e-3, 5.0, 0.015) == 0
+
+
+def test_the_budget_adds_up_its_phases() -> None:
+    budget = Budget(1.0, "a->b")
+    with budget.phase("screening"):
+        pass
+    with budget.phase("screening"):
+        pass
+    assert set(budget.spent) == {"screening"} and 0 <= budget.spent["screening"] < 1
+    assert 59 < budget.left_s() <= 60 and budget.close().startswith("budget a->b: 0.0 of 1 min")
+
+
+def test_the_default_proxy_source_is_neither_calibration_nor_evaluation_text() -> None:
+    proxy = {it.context for it in read_items(FitConfig(source="a", target="b").proxy_data or "", builtin_size=10**4)}
+    others = read_items("builtin:stdlib-docs,builtin:python-docs,builtin:fictional-qa,builtin:letters-qa", 0, 10**4)
+    assert len(proxy) > 100 and not proxy & {it.context for it in others}
+
+
+@pytest.mark.slow
+def test_a_model_handed_its_own_states_is_found_to_need_its_own_layer(
+    tiny_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Planted: the target is the source, so its own layer is the identity map (layer 0 into the embeddings, layer 2
+    into layer 2) and the other layer of each pair is not; the search must train exactly those two starts."""
+    result = _fit(tiny_dirs, tmp_path, "llama", "llama", layers="0,2", target_layers="0,2", methods="linear,distill")
+    trained = {(r["source_layer"], r["target_layer"]) for r in result.rows if r["method"] == "distill"}
+    assert trained == {(0, 0), (2, 2)}
+    linear = {(r["source_layer"], r["target_layer"]): r["proxy"] for r in result.rows if r["method"] == "linear"}
+    # Into the embeddings the identity is exact; into layer 2 (`replace`) the probe's lower blocks never see the
+    # passage, so not even the identity is exact, but it still beats a map from the embeddings.
+    assert linear[(0, 0)] < 0.01 < linear[(2, 0)] and linear[(2, 2)] < linear[(0, 2)]
+    # The pilots: every recipe tried on each start, the one kept is the one the proxy scored best.
+    for name, tried in result.search.items():
+        assert len(tried) == n_pilots(None, None, LR_RELS[0])
+        best = min(tried, key=lambda t: t["proxy"])
+        row = next(
+            r
+            for r in result.rows
+            if r["method"] == "distill" and name.endswith(f"{r['source_layer']}->L{r['target_layer']} distill")
+        )
+        assert row["recipe"] == Recipe(best["lr_rel"], best["anchor"], best["lr"]).label
+    assert "| pilot steps |" in result.markdown() and any(k.startswith("pilots ") for k in result.timings_s)
+
+
+@pytest.mark.slow
+def test_auto_pairing_keeps_the_pairing_an_explicit_fit_of_each_scores_best(
+    tiny_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    options: dict[str, Any] = {"layers": "1", "target_layers": "0", "methods": "linear", "snap": "0"}
+    auto = _fit(tiny_dirs, tmp_path / "auto", "llama", "gemma3", **options)
+    (row,) = auto.rows
+    explicit = {
+        pairing: _fit(tiny_dirs, tmp_path / pairing, "llama", "gemma3", pairing=pairing, **options)
+        for pairing in ("end", "span")
+    }
+    scores = {pairing: result.rows[0]["proxy"] for pairing, result in explicit.items()}
+    assert scores["end"] != scores["span"]  # the tokenizers differ: the two pairings are two maps
+    kept = min(scores, key=lambda p: scores[p])
+    assert row["pairing"] == kept and row["proxy"] == pytest.approx(scores[kept], rel=1e-5)
+    assert row["proxy_end_pairing"] == pytest.approx(scores["end"], rel=1e-5)
+    key = MapStore(auto.store).entries()[0]["path"]
+    ours, theirs = (load(r.store / key)[0] for r in (auto, explicit[kept]))
+    x = torch.randn(3, ours.d_src, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(ours.transform(x), theirs.transform(x))
+
+
+@pytest.mark.slow
+def test_a_fixed_recipe_runs_no_pilot_and_trains_with_it(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    result = _fit(
+        tiny_dirs,
+        tmp_path,
+        "llama",
+        "gemma3",
+        layers="1",
+        target_layers="1",
+        methods="linear,distill",
+        lr=1e-3,
+        anchor=5.0,
+        train_minutes=0.5,
+    )
+    assert all(not tried for tried in result.search.values())
+    manifest = json.loads((result.store / "manifest.json").read_text())
+    (trained,) = [e for e in manifest["maps"] if e["method"] == "distill"]
+    meta = load(result.store / trained["path"])[1]
+    assert meta["train"]["recipe"] == {"lr_rel": 0.015, "anchor": 5.0, "lr": 1e-3} and meta["pilots"] == []

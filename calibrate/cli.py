@@ -302,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="passages of --proxy-data scored on, one probe each (default %(default)s)",
     )
+    train.add_argument(
+        "--both-proxies",
+        action="store_true",
+        help="score every map by both proxies, the in-source one and the other source's (to compare them; one more "
+        "proxy score per map); by default only the ranking proxy scores the least-squares maps, both the trained ones",
+    )
     _option(
         train,
         FitConfig,

@@ -28,7 +28,7 @@ from service.runtime.modes import HandoverMode, get_mode, parse_handover_modes
 DEFAULT_METHODS = ("linear", "distill")
 DEFAULT_PROBES = ("continuation", "repeat", "qa")
 DEFAULT_DATA = "builtin:fictional-qa,builtin:python-docs"  # QA passages and real prose: varied text
-DEFAULT_SNAPS = (0.0, 0.25, 0.5, 0.75, 1.0)  # candidate snap weights `fit` chooses among by the proxy KL
+DEFAULT_SNAPS = (0.0, 0.25, 0.5, 0.75)  # candidate snap weights `fit` chooses among by the proxy (1 never won)
 # Passages the models make themselves (``data`` may name them as sampled:N, vocab:N), and how many by default.
 MADE_DEFAULTS = {"sampled": 400, "vocab": 0}
 DEFAULT_EVAL_MODES = ("replace", "full", "last_token", "embeds")
@@ -138,7 +138,8 @@ class FitConfig(ModelOptions):
     probes_per_passage: int = 1
     proxy_probes: int = 48
     proxy_data: str | None = DEFAULT_PROXY_DATA  # None or "none": no proxy on another source
-    proxy_samples: int = 48
+    proxy_samples: int = 32
+    both_proxies: bool = False
     rank_by: str = "auto"
     train_top: int = 1
     lr: float | None = None
@@ -243,6 +244,7 @@ class FitConfig(ModelOptions):
             lr=self.lr,
             anchor=self.anchor,
             train_minutes=self.train_minutes,
+            both_proxies=self.both_proxies,
         )
 
 

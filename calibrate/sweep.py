@@ -164,6 +164,7 @@ class SweepOptions:
     lr_rel: float = 0.015
     anchor: float | None = 0.0
     train_minutes: float | None = None
+    both_proxies: bool = False  # score every map by every proxy, not only by the ranking one
 
 
 @dataclass
@@ -247,13 +248,17 @@ def score_proxies(
     opts: SweepOptions,
     scores: dict[str, float],
     unsnapped: dict[str, float] | None = None,
+    every: bool = False,
 ) -> None:
-    """Both proxies of a candidate map as it will be served, into ``scores``: for a map into layer 0 first the snap
+    """The proxies of a candidate map as it will be served, into ``scores``: for a map into layer 0 first the snap
     weight among ``opts.snaps`` the ranking proxy scores lowest (stored in the map, ``fit_info["snap"]``; the first
-    weight where nothing scores), then every proxy at that weight. ``proxy`` is the ranking proxy's score (what ranks
-    maps and picks defaults), ``proxy_no_snap`` its score without a snap. ``unsnapped``: proxies already measured
-    without a snap (not measured again)."""
+    weight where nothing scores), then the proxies at that weight: the ranking one, and with ``every`` (or
+    ``opts.both_proxies``) the other too. ``proxy`` is the ranking proxy's score (what ranks maps and picks
+    defaults), ``proxy_no_snap`` its score without a snap. ``unsnapped``: proxies already measured without a snap
+    (not measured again)."""
     judges = {} if (ls, lt) in d.helpers else d.judges()  # helper maps are never candidates: no proxy
+    if not (every or opts.both_proxies):
+        judges = {name: j for name, j in judges.items() if name == opts.rank_by}
     known = unsnapped or {}
     weight = 0.0
     if lt == 0:
@@ -263,6 +268,11 @@ def score_proxies(
             k0 = known[opts.rank_by] if opts.rank_by in known else judge.score(aligner, ls, 0)
             weight, kls = judge.choose_snap(aligner, ls, opts.snaps, k0)
             scores["proxy_no_snap"], scores[opts.rank_by] = k0, kls[weight]
+    elif opts.rank_by in judges:
+        scores["proxy_no_snap"] = (
+            known[opts.rank_by] if opts.rank_by in known else judges[opts.rank_by].score(aligner, ls, lt)
+        )
+        scores[opts.rank_by] = scores["proxy_no_snap"]
         aligner.fit_info["snap"] = weight
         scores["snap"] = weight
     for name, judge in judges.items():
@@ -277,13 +287,12 @@ Pairs = dict[tuple[Group, int], tuple[torch.Tensor, ...]]  # (x, y, x held out, 
 
 @dataclass
 class Start:
-    """A least-squares start for training: its layer pair, the map, its in-source proxy KL (``kl``) and the score of
-    ``SweepOptions.rank_by`` that ranks it (``rank``)."""
+    """A least-squares start for training: its layer pair, the map and the score of ``SweepOptions.rank_by`` that
+    ranks it, without a snap (``rank``)."""
 
     ls: Group
     lt: int
     init: Aligner
-    kl: float
     rank: float
 
 
@@ -302,7 +311,7 @@ def sweep(d: Direction, opts: SweepOptions) -> list[MapResult]:
     with d.phase("least squares and screening"):
         results, data = fit_closed_form(d, opts)
     if trained and d.through is not None:
-        results += train_best(d, d.through, data, opts)
+        results += train_best(d, d.through, data, opts, results)
     return results
 
 
@@ -342,7 +351,9 @@ def fit_closed_form(d: Direction, opts: SweepOptions) -> tuple[list[MapResult], 
             scores = metrics.evaluate(aligner.transform(xh), yh, target_mean=y.mean(dim=0)) if len(xh) > 1 else {}
             scores.update({f"proxy_{p}_pairing": kl for p, kl in by_pairing.items()})
             proxy_start = time.perf_counter()
-            score_proxies(d, aligner, ls, lt, opts, scores)
+            # The pairing was chosen by this very map (linear least squares): its score without a snap is known.
+            known = {opts.rank_by: by_pairing[pairing]} if method == "linear" and by_pairing else {}
+            score_proxies(d, aligner, ls, lt, opts, scores, known)
             proxy_seconds = time.perf_counter() - proxy_start
             key = MapKey.of(src.name, tgt.name, ls, lt, method)
             meta = {**d.meta(x, xh, len(fit_idx)), "fit_seconds": seconds, "pairing": pairing}
@@ -364,18 +375,20 @@ def fit_closed_form(d: Direction, opts: SweepOptions) -> tuple[list[MapResult], 
     return results, data
 
 
-def rank_starts(d: Direction, through: Through, data: Pairs, opts: SweepOptions) -> list[Start]:
+def rank_starts(
+    d: Direction, through: Through, data: Pairs, opts: SweepOptions, scored: dict[tuple[Group, int], float]
+) -> list[Start]:
     """The ``train_top`` best layer pairs per way of entering the target (into its input embeddings, layer 0; into a
-    deeper layer), ranked by the ranking proxy of their least-squares start (without a snap), best first."""
+    deeper layer), ranked by the ranking proxy of their least-squares start (without a snap), best first. ``scored``:
+    that score where the sweep measured it already (the ``linear`` map is the very start a ``distill`` map trains)."""
     starts = []
-    judge = d.judges().get(opts.rank_by)
+    judge = d.judges().get(opts.rank_by, Judge(through, d.src.encoded))
     main = [pair for pair in d.pairs if pair not in d.helpers]
     for ls, lt in tqdm(main, desc=f"rank layers {d.src.name}->{d.tgt.name}", unit="pair", leave=False):
         x, y, _, _ = data[(ls, lt)]
         init = make_aligner("distill", opts.seed).fit(x, y)
-        kl = through.score(init, d.src.encoded, ls, lt)
-        rank = judge.score(init, ls, lt) if judge is not None and opts.rank_by != "kl" else kl
-        starts.append(Start(ls, lt, init, kl, rank))
+        rank = scored[(ls, lt)] if (ls, lt) in scored else judge.score(init, ls, lt)
+        starts.append(Start(ls, lt, init, rank))
     chosen: list[Start] = []
     for into_embeddings in (True, False):  # KLs compare across target layers: the same probes, the same teacher
         ranked = best_first("kl", [(s.rank, s) for s in starts if (s.lt == 0) == into_embeddings])
@@ -432,7 +445,9 @@ def choose_recipe(
     return Recipe(best["lr_rel"], best["anchor"], best["lr"]), tried
 
 
-def train_best(d: Direction, through: Through, data: Pairs, opts: SweepOptions) -> list[MapResult]:
+def train_best(
+    d: Direction, through: Through, data: Pairs, opts: SweepOptions, fitted: list[MapResult] | None = None
+) -> list[MapResult]:
     """Train each trained kind through the target from the best least-squares starts (``rank_starts``), with the
     recipe its pilots chose (``choose_recipe``; none where ``opts`` fixes it), score and save it. A map into layer 0
     is trained as served with the snap weight ``opts.train_snap`` (``AUTO``: the weight chosen for its start; a weight
@@ -440,7 +455,12 @@ def train_best(d: Direction, through: Through, data: Pairs, opts: SweepOptions) 
     src, tgt = d.src, d.tgt
     fit_idx, _ = d.split(opts.seed)
     with d.phase("least squares and screening"):
-        starts = rank_starts(d, through, data, opts)
+        scored = {
+            (r.key.source_layers, r.key.target_layer): r.metrics["proxy_no_snap"]
+            for r in fitted or []
+            if r.key.method == "linear" and "proxy_no_snap" in r.metrics
+        }
+        starts = rank_starts(d, through, data, opts, scored)
     jobs = [(method, s) for method in opts.methods if method in TRAINED for s in starts]
     pilots = n_pilots(opts.lr, opts.anchor, opts.lr_rel)
     per_map = 60 * (opts.train_minutes if opts.train_minutes is not None else 12.0)  # without a budget
@@ -465,9 +485,9 @@ def train_best(d: Direction, through: Through, data: Pairs, opts: SweepOptions) 
         seconds = time.perf_counter() - start
         with d.phase("least squares and screening"):
             scores = metrics.evaluate(aligner.transform(xh), yh, target_mean=y.mean(dim=0)) if len(xh) > 1 else {}
-            scores["init_kl"] = s.kl
+            scores["init_proxy"] = s.rank
             # Trained unsnapped, its own held-out KL without a snap is known.
-            score_proxies(d, aligner, ls, lt, opts, scores, {} if weight else {"kl": report["heldout_kl"]})
+            score_proxies(d, aligner, ls, lt, opts, scores, {} if weight else {"kl": report["heldout_kl"]}, every=True)
         key = MapKey.of(src.name, tgt.name, ls, lt, method)
         meta = {
             **d.meta(x, xh, len(fit_idx)),

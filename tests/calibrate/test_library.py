@@ -120,6 +120,7 @@ def test_a_proxy_on_another_source_scores_every_map_and_can_rank_them(
         proxy_data="builtin:letters-qa",
         proxy_samples=10,
         rank_by="kl_xsrc",
+        both_proxies=True,
     )
     assert all(r["kl_xsrc"] >= 0 and r["kl"] >= 0 for r in fitted.rows) and len(fitted.rows) == 8
     assert fitted.calibration["proxy_data"] == "builtin:letters-qa" and fitted.calibration["n_proxy_passages"] == 10

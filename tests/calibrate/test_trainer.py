@@ -308,13 +308,13 @@ def test_cli_trains_distill_maps_ranks_by_proxy_and_reports_curves(tiny_dirs: di
     }
     for e in trained:
         rivals = [kl for (ls, lt), kl in starts.items() if (lt == 0) == (e["target_layer"] == 0)]
-        assert e["metrics"]["init_kl"] == pytest.approx(min(rivals), rel=1e-4)
+        assert e["metrics"]["init_proxy"] == pytest.approx(min(rivals), rel=1e-4)
     assert all(("kl" in e["metrics"]) != bool(e.get("helper")) for e in manifest["maps"])
     assert manifest["defaults"]["llama__gemma3"]["by"] == "proxy"
     assert all(e["metrics"]["proxy"] == e["metrics"]["kl"] for e in manifest["maps"] if not e.get("helper"))
     assert (out / "learning-curves.png").stat().st_size > 0
     aligner, meta = load(out / trained[0]["path"])
-    assert aligner.kind == "distill" and meta["train"]["steps"] >= 1 and "init_kl" in meta["metrics"]
+    assert aligner.kind == "distill" and meta["train"]["steps"] >= 1 and "init_proxy" in meta["metrics"]
     # Maps into the embeddings carry the snap weight with the lowest proxy KL among the candidates (0 among them:
     # never worse than none); the runtime reads it from the file.
     for e in manifest["maps"]:

@@ -268,13 +268,13 @@ def score_proxies(
             k0 = known[opts.rank_by] if opts.rank_by in known else judge.score(aligner, ls, 0)
             weight, kls = judge.choose_snap(aligner, ls, opts.snaps, k0)
             scores["proxy_no_snap"], scores[opts.rank_by] = k0, kls[weight]
+        aligner.fit_info["snap"] = weight
+        scores["snap"] = weight
     elif opts.rank_by in judges:
         scores["proxy_no_snap"] = (
             known[opts.rank_by] if opts.rank_by in known else judges[opts.rank_by].score(aligner, ls, lt)
         )
         scores[opts.rank_by] = scores["proxy_no_snap"]
-        aligner.fit_info["snap"] = weight
-        scores["snap"] = weight
     for name, judge in judges.items():
         if name not in scores:
             scores[name] = known[name] if name in known and not weight else judge.score(aligner, ls, lt, weight)

@@ -3,8 +3,9 @@
 For every map of one direction of a store (helpers left out), the held-out QA F1 of the mode the map serves
 (``embeds`` into layer 0, ``replace`` deeper) on ``--samples`` items of ``--data``, beside the proxies the fit
 recorded: ``kl`` (held-out probes of the calibration text) and ``kl_xsrc`` (probes on another source, ``fit
---proxy-data``; fit with ``--both-proxies`` so that every map has both). Prints the table and, per proxy, Spearman's and Kendall's rank correlation of -KL with F1 (1: the
-proxy orders the maps as F1 does), over all maps and within each way of entering the target.
+--proxy-data``; fit with ``--both-proxies`` so that every map has both). Prints the table and, per proxy,
+Spearman's and Kendall's rank correlation of -KL with F1 (1: the proxy orders the maps as F1 does), over all maps and
+within each way of entering the target.
 
     python benchmarks/proxy_agreement.py --maps STORE --pair smollm2__gemma3 --data builtin:letters-qa --samples 40
 """

@@ -336,6 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
         "map's outputs), so that training does not depend on the scale of either model's states; or a number, one "
         "step size for every parameter, not searched",
     )
+    _option(
+        train,
+        FitConfig,
+        "--lr-rel",
+        type=_auto,
+        help="with --lr auto: the step size as a multiple of each parameter's own scale, fixed (not searched); auto "
+        "= searched (default)",
+    )
     _option(train, FitConfig, "--train-batch", type=int, help="probes per training step (default %(default)s)")
     _option(train, FitConfig, "--train-epochs", type=float, help="at most this many epochs (default %(default)s)")
     _option(

@@ -143,6 +143,7 @@ class FitConfig(ModelOptions):
     rank_by: str = "auto"
     train_top: int = 1
     lr: float | None = None
+    lr_rel: float | None = None  # None (with lr None): searched (``calibrate.search.LR_RELS``)
     train_batch: int = 4
     train_epochs: float = 3.0
     train_minutes: float | None = None  # None: an equal share of what ``budget`` leaves for training
@@ -166,7 +167,7 @@ class FitConfig(ModelOptions):
         _check(self, ">= 1", ("train_top", "train_batch"))
         _check(self, ">= 0", ("sampled", "vocab", "proxy_probes"))
         _check(self, "> 0", ("train_epochs", "budget"))
-        for name, rule in (("anchor", ">= 0"), ("train_minutes", "> 0")):
+        for name, rule in (("anchor", ">= 0"), ("train_minutes", "> 0"), ("lr_rel", "> 0")):
             if getattr(self, name) is not None:
                 _check(self, rule, (name,))
         _check(self, "in [0, 1)", ("ema",))
@@ -242,6 +243,7 @@ class FitConfig(ModelOptions):
             self.train_snap,
             self.ranking,
             lr=self.lr,
+            lr_rel=self.lr_rel,
             anchor=self.anchor,
             train_minutes=self.train_minutes,
             both_proxies=self.both_proxies,

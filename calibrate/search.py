@@ -42,12 +42,13 @@ class Recipe:
         return f"{step}, anchor {self.anchor:g}"
 
 
-def step_size_recipes(lr: float | None, anchor: float | None, lr_rel: float) -> list[Recipe]:
-    """The first round of pilots: every step size to try (one where ``lr`` is fixed), at ``anchor`` or none."""
+def step_size_recipes(lr: float | None, anchor: float | None, lr_rel: float | None) -> list[Recipe]:
+    """The first round of pilots: every step size to try (one where ``lr`` or ``lr_rel`` is fixed), at ``anchor`` or
+    none."""
     at = 0.0 if anchor is None else anchor
-    if lr is not None:
-        return [Recipe(lr_rel, at, lr)]
-    return [Recipe(rel, at) for rel in dict.fromkeys((lr_rel, *LR_RELS))]
+    if lr is not None or lr_rel is not None:
+        return [Recipe(LR_RELS[0] if lr_rel is None else lr_rel, at, lr)]
+    return [Recipe(rel, at) for rel in LR_RELS]
 
 
 def anchor_recipes(best: Recipe, anchor: float | None) -> list[Recipe]:
@@ -57,7 +58,7 @@ def anchor_recipes(best: Recipe, anchor: float | None) -> list[Recipe]:
     return [Recipe(best.lr_rel, a, best.lr) for a in ANCHORS if a != best.anchor]
 
 
-def n_pilots(lr: float | None, anchor: float | None, lr_rel: float) -> int:
+def n_pilots(lr: float | None, anchor: float | None, lr_rel: float | None) -> int:
     """How many recipes a start's pilots try (0 where both are fixed: nothing to choose)."""
     first = step_size_recipes(lr, anchor, lr_rel)
     n = len(first) + len(anchor_recipes(first[0], anchor))

@@ -161,7 +161,7 @@ class SweepOptions:
     train_snap: float | str = 0.0
     rank_by: str = "kl"
     lr: float | None = None
-    lr_rel: float = 0.015
+    lr_rel: float | None = None
     anchor: float | None = 0.0
     train_minutes: float | None = None
     both_proxies: bool = False  # score every map by every proxy, not only by the ranking one

@@ -39,10 +39,11 @@ def _fit(tiny_dirs: dict[str, Path], tmp_path: Path, source: str, target: str, *
 
 
 def test_the_recipes_tried_are_step_sizes_then_anchors_unless_fixed() -> None:
-    first = step_size_recipes(None, None, LR_RELS[0])
+    first = step_size_recipes(None, None, None)
     assert [r.lr_rel for r in first] == list(LR_RELS) and {r.anchor for r in first} == {0.0}
     assert [r.anchor for r in anchor_recipes(first[1], None)] == [a for a in ANCHORS if a != 0.0]
-    assert n_pilots(None, None, LR_RELS[0]) == len(LR_RELS) + len(ANCHORS) - 1
+    assert n_pilots(None, None, None) == len(LR_RELS) + len(ANCHORS) - 1
+    assert step_size_recipes(None, None, 0.02) == [Recipe(0.02, 0.0)]  # a fixed relative step size neither
     assert step_size_recipes(1e-3, None, 0.015) == [Recipe(0.015, 0.0, 1e-3)]  # a fixed step size is not searched
     assert anchor_recipes(Recipe(0.015, 0.0), 5.0) == []  # nor a fixed anchor
     assert n_pilots(1e-3, 5.0, 0.015) == 0
@@ -79,7 +80,7 @@ def test_a_model_handed_its_own_states_is_found_to_need_its_own_layer(
     assert linear[(0, 0)] < 0.01 < linear[(2, 0)] and linear[(2, 2)] < linear[(0, 2)]
     # The pilots: every recipe tried on each start, the one kept is the one the proxy scored best.
     for name, tried in result.search.items():
-        assert len(tried) == n_pilots(None, None, LR_RELS[0])
+        assert len(tried) == n_pilots(None, None, None)
         best = min(tried, key=lambda t: t["proxy"])
         row = next(
             r

@@ -315,6 +315,22 @@ def sweep(d: Direction, opts: SweepOptions) -> list[MapResult]:
     return results
 
 
+def save(
+    d: Direction,
+    key: MapKey,
+    aligner: Aligner,
+    meta: dict[str, Any],
+    scores: dict[str, float],
+    fitted: tuple[torch.Tensor, torch.Tensor, float],
+    extra: dict[str, Any],
+    helper: bool = False,
+) -> MapResult:
+    """Write one map into the direction's store; its result row (``fitted``: fitting rows, held-out rows, seconds)."""
+    d.store.save(key, aligner, meta, scores, helper=helper)
+    x, xh, seconds = fitted
+    return MapResult(key, scores, seconds, int(x.shape[0]), int(xh.shape[0]), extra)
+
+
 def choose_pairing(d: Direction, ls: Group, fit_idx: list[int], opts: SweepOptions) -> tuple[str, dict[str, float]]:
     """For a map into layer 0 with ``opts.pairing == "auto"``: the pairing whose least-squares map the ranking proxy
     scores lower (without a snap), with each pairing's score; else ``opts.pairing`` (``end`` for deeper maps)."""
@@ -357,17 +373,8 @@ def fit_closed_form(d: Direction, opts: SweepOptions) -> tuple[list[MapResult], 
             proxy_seconds = time.perf_counter() - proxy_start
             key = MapKey.of(src.name, tgt.name, ls, lt, method)
             meta = {**d.meta(x, xh, len(fit_idx)), "fit_seconds": seconds, "pairing": pairing}
-            d.store.save(key, aligner, meta, scores, helper=(ls, lt) in d.helpers)
-            results.append(
-                MapResult(
-                    key,
-                    scores,
-                    seconds,
-                    int(x.shape[0]),
-                    int(xh.shape[0]),
-                    {"proxy_seconds": proxy_seconds},
-                )
-            )
+            extra = {"proxy_seconds": proxy_seconds}
+            results.append(save(d, key, aligner, meta, scores, (x, xh, seconds), extra, (ls, lt) in d.helpers))
             bar.update(1)
             shown = f"proxy={scores['proxy']:.3f}" if "proxy" in scores else f"r2={scores.get('r2', float('nan')):.3f}"
             bar.set_postfix_str(f"{key.layers_label} {method} {shown}")
@@ -497,15 +504,6 @@ def train_best(
             "pilots": tried,
             "probes": sorted({p.kind for p in through.probes}),
         }
-        d.store.save(key, aligner, meta, scores)
-        results.append(
-            MapResult(
-                key,
-                scores,
-                seconds,
-                int(x.shape[0]),
-                int(xh.shape[0]),
-                {"curve": report["curve"], "recipe": recipe.label, "pilots": tried},
-            )
-        )
+        extra = {"curve": report["curve"], "recipe": recipe.label, "pilots": tried}
+        results.append(save(d, key, aligner, meta, scores, (x, xh, seconds), extra))
     return results

@@ -41,10 +41,10 @@ $(VENV)/.models-qwen: $(VENV)/.installed service/runtime/realpair.py
 
 models-qwen: $(VENV)/.models-qwen
 
-## The bundled default maps (service/default_maps/): one `fit` per direction with its defaults, no per-pair flags
+## The bundled maps (service/default_maps/) from one `fit` per direction with its defaults, no per-pair flags
 ## (`--full` adds the per-layer maps the `full` mode needs). Each direction searches source layers, pairing, snap
 ## weight, step size and anchor by the proxy on another source, within its --budget (45 min on 2 CPU cores); writing
-## the passages the models make comes first (about 30 min, once; cached).
+## the passages the models make comes first (about 30 min, once; cached). Not yet what ships: `make hand-maps` is.
 WORK ?= /tmp/interlingua-default-maps
 default-maps: models
 	$(PY) -m calibrate fit --source smollm2 --target gemma3 --full --out $(WORK)

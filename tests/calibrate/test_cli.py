@@ -141,7 +141,8 @@ def test_eval_reports_every_baseline(fitted: tuple[Path, Path, list[str]], capsy
 
 
 def test_eval_by_proxy_with_plain_text_cbr(fitted: tuple[Path, Path, list[str]], tmp_path: Path) -> None:
-    """Without screening runs (maps chosen by the fit's proxy KL), on QA from another generator plus plain text."""
+    """Without screening runs (maps chosen by the proxy the fit ranked by), on QA from another generator plus plain
+    text."""
     out, cache, _ = fitted
     argv = ["eval", "--maps", str(out), "--samples", "4", "--max-new-tokens", "3", "--cache", str(cache)]
     argv += ["--data", "builtin:letters-qa", "--text-data", "builtin:stdlib-docs", "--text-samples", "3"]
@@ -151,12 +152,12 @@ def test_eval_by_proxy_with_plain_text_cbr(fitted: tuple[Path, Path, list[str]],
     (r,) = json.loads((tmp_path / "eval-report.json").read_text())
     assert (r["source"], r["target"]) == ("llama", "gemma3")
     assert r["baselines"]["text"]["n"] == 3
-    assert all("kl" in s and "f1" not in s for s in r["screen"])
+    assert all("proxy" in s and "f1" not in s for s in r["screen"])
     entries = MapStore(out).entries("llama", "gemma3")
     for t in r["translated"]:
         assert isinstance(t["text_cbr"], float)
-        kls = [e["metrics"]["kl"] for e in entries if e["method"] == t["method"] and not e.get("helper")]
-        chosen = next(s for s in r["screen"] if s["method"] == t["method"] and s["kl"] == min(kls))
+        kls = [e["metrics"]["proxy"] for e in entries if e["method"] == t["method"] and not e.get("helper")]
+        chosen = next(s for s in r["screen"] if s["method"] == t["method"] and s["proxy"] == min(kls))
         if t["mode"] == "replace":
             assert t["layers"] == f"L{chosen['source_layer']}->L{chosen['target_layer']}"
     assert json.loads((out / "manifest.json").read_text())["defaults"] == before  # proxy screening rewrites nothing

@@ -26,7 +26,7 @@ from calibrate.layers import check_range
 from calibrate.probes import make_probes
 from calibrate.search import Budget
 from calibrate.sources import Item, read_items, shares, split_items
-from calibrate.sweep import TRAINED, Direction, Group, HeldOutSource, Side, layer_pairs, split_passages, sweep
+from calibrate.sweep import TRAINED, Direction, Group, Judge, Side, layer_pairs, split_passages, sweep
 from calibrate.trainer import Through, TrainConfig
 from service.runtime.loading import LoadedModel, load_model
 
@@ -298,14 +298,14 @@ def proxy_passages(config: FitConfig, models: dict[str, LoadedModel], calib: lis
 
 def held_out_source(
     target: LoadedModel, passages: list[Item], encoded: list[Any], config: FitConfig, timings: dict[str, float]
-) -> HeldOutSource:
+) -> Judge:
     """The target's probes on the held-out source's passages (every one held out) with the source's states of them."""
     start = time.perf_counter()
     probes = probes_on(target, passages, config)
     texts = [it.context for it in passages]
     through = Through.held_out(target, texts, probes, train_config(config), config.cache)
     timings[f"held-out source probes {target.name}"] = time.perf_counter() - start
-    return HeldOutSource(through, encoded)
+    return Judge(through, encoded)
 
 
 def probes_on(target: LoadedModel, passages: list[Item], config: FitConfig) -> list[Any]:

@@ -149,7 +149,7 @@ def train_weight(
 class SweepOptions:
     """How one direction's maps are fitted, ranked and trained (``FitConfig.sweep_options``). ``rank_by``: the proxy
     that ranks every candidate, chooses pairings, snap weights and training recipes, ``kl`` (held-out probes of the
-    calibration text) or ``kl_xsrc`` (probes on passages of another source, ``HeldOutSource``). ``lr`` and ``anchor``
+    calibration text) or ``kl_xsrc`` (probes on passages of another source, a ``Judge``). ``lr`` and ``anchor``
     fix the training recipe; None searches it (``calibrate.search``). ``train_minutes``: each final training's time;
     None: an equal share of the direction's budget."""
 
@@ -185,15 +185,6 @@ class Judge:
 
 
 @dataclass
-class HeldOutSource:
-    """The proxy on passages of a source the maps are not calibrated on: the target's probes on them (all held out)
-    and the source model's states of them."""
-
-    through: Through
-    encoded: list[Encoded]
-
-
-@dataclass
 class Direction:
     """One direction of a fit: both sides, the layer pairs, where maps go, and the target's probes (or None)."""
 
@@ -204,7 +195,7 @@ class Direction:
     metadata: dict[str, Any]
     through: Through | None = None
     helpers: set[tuple[Group, int]] = field(default_factory=set)
-    xsrc: HeldOutSource | None = None  # the proxy on another source, scored beside ``through``'s (``kl_xsrc``)
+    xsrc: Judge | None = None  # the proxy on another source (all its probes held out): ``kl_xsrc``
     budget: Budget | None = None
     pairings: dict[tuple[Group, int], str] = field(default_factory=dict)  # how each pair's tokens were paired
 
@@ -217,8 +208,12 @@ class Direction:
         if self.through is not None:
             out["kl"] = Judge(self.through, self.src.encoded)
         if self.xsrc is not None:
-            out["kl_xsrc"] = Judge(self.xsrc.through, self.xsrc.encoded)
+            out["kl_xsrc"] = self.xsrc
         return out
+
+    def ranker(self, rank_by: str, through: Through) -> Judge:
+        """The proxy ``rank_by`` names, or, where this direction does not measure it, ``through``'s."""
+        return self.judges().get(rank_by) or Judge(through, self.src.encoded)
 
     def phase(self, name: str) -> Any:
         """Time ``name`` against the direction's budget (a no-op without one)."""
@@ -389,7 +384,7 @@ def rank_starts(
     deeper layer), ranked by the ranking proxy of their least-squares start (without a snap), best first. ``scored``:
     that score where the sweep measured it already (the ``linear`` map is the very start a ``distill`` map trains)."""
     starts = []
-    judge = d.judges().get(opts.rank_by, Judge(through, d.src.encoded))
+    judge = d.ranker(opts.rank_by, through)
     main = [pair for pair in d.pairs if pair not in d.helpers]
     for ls, lt in tqdm(main, desc=f"rank layers {d.src.name}->{d.tgt.name}", unit="pair", leave=False):
         x, y, _, _ = data[(ls, lt)]
@@ -421,7 +416,7 @@ def train_one(
     assert isinstance(aligner, Distill)  # every trained method is a distill map
     weight = 0.0
     if s.lt == 0:
-        judge = d.judges()[opts.rank_by] if opts.rank_by in d.judges() else Judge(through, d.src.encoded)
+        judge = d.ranker(opts.rank_by, through)
         weight = train_weight(opts.train_snap, judge, aligner, s.ls, opts.snaps, s.rank)
     config = replace(
         through.config, lr=recipe.lr, lr_rel=recipe.lr_rel, anchor=recipe.anchor, max_minutes=max(seconds, 10) / 60
@@ -436,7 +431,7 @@ def choose_recipe(
 ) -> tuple[Recipe, list[dict[str, Any]]]:
     """The training recipe the ranking proxy scores best after a pilot of ``seconds`` each: step sizes first, then
     anchors at the best step size (``calibrate.search``); returns it with every pilot's recipe and score."""
-    judge = d.judges().get(opts.rank_by, Judge(through, d.src.encoded))
+    judge = d.ranker(opts.rank_by, through)
     tried: list[dict[str, Any]] = []
 
     def best_of(recipes: list[Recipe]) -> None:

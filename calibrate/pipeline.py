@@ -177,6 +177,7 @@ def fit(config: FitConfig) -> FitResult:
                 timings["proxy KL scoring"] = timings.get("proxy KL scoring", 0.0) + fitted.extra["proxy_seconds"]
             if "recipe" in fitted.extra:
                 rows[-1]["recipe"] = fitted.extra["recipe"]
+                rows[-1]["no_pilots"] = fitted.extra["no_pilots"]
                 search[f"{k.source}->{k.target} {k.layers_label} {k.method}"] = fitted.extra["pilots"]
         split = budget.close()
         print(split, file=sys.stderr)

@@ -69,6 +69,8 @@ def fit_markdown(
         ),
     ]
     lines += search_markdown(search or {})
+    skipped = sorted({r["no_pilots"] for r in rows if r.get("no_pilots")})  # one line per direction
+    lines += ["", *skipped] if skipped else []
     lines += ["", "| step | seconds |", "|---|---:|"] + [f"| {k} | {v:.1f} |" for k, v in timings.items()]
     return "\n".join(lines) + "\n"
 

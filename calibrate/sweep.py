@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -20,7 +21,17 @@ from aligners import Aligner, Distill, build, metrics
 from aligners.registry import takes_seed
 from aligners.store import MapKey, MapStore, best_first, layers_name, matching_layer
 from calibrate.layers import AUTO
-from calibrate.search import PILOT_SHARE, Budget, Recipe, anchor_recipes, n_pilots, step_size_recipes
+from calibrate.search import (
+    PILOT_MIN_EVALS,
+    PILOT_SHARE,
+    Budget,
+    Recipe,
+    anchor_recipes,
+    n_pilots,
+    pilots_fit,
+    step_size_recipes,
+    unpiloted_recipe,
+)
 from calibrate.trainer import Through
 from service.runtime.encode import Encoded
 from service.runtime.loading import LoadedModel
@@ -183,6 +194,10 @@ class Judge:
     ) -> tuple[float, dict[float, float]]:
         return self.through.choose_snap(aligner, self.encoded, ls, list(snaps), kl0)
 
+    def held_kl(self, map_fn: Any, ls: int | Group, lt: int) -> float:
+        """The score of a map function (a map being trained, as served)."""
+        return self.through.held_kl(map_fn, self.encoded, ls, lt)
+
 
 @dataclass
 class Direction:
@@ -211,8 +226,12 @@ class Direction:
             out["kl_xsrc"] = self.xsrc
         return out
 
+    def ranking(self, rank_by: str) -> str:
+        """The proxy that ranks: ``rank_by``, or, where this direction does not measure it, the in-source ``kl``."""
+        return rank_by if rank_by in self.judges() else "kl"
+
     def ranker(self, rank_by: str, through: Through) -> Judge:
-        """The proxy ``rank_by`` names, or, where this direction does not measure it, ``through``'s."""
+        """The judge of ``ranking``: ``rank_by``'s, or the in-source one of ``through``."""
         return self.judges().get(rank_by) or Judge(through, self.src.encoded)
 
     def phase(self, name: str) -> Any:
@@ -398,6 +417,15 @@ def rank_starts(
     return chosen
 
 
+def start_map(data: Pairs, method: str, s: Start, seed: int) -> Distill:
+    """A fresh map of ``method`` to train from the start ``s``: the plain kind a copy of the very start it was ranked
+    by (no second fit); other variants fit their own on the same pairs."""
+    x, y, _, _ = data[(s.ls, s.lt)]
+    aligner = copy.deepcopy(s.init) if method == "distill" else make_aligner(method, seed).fit(x, y)
+    assert isinstance(aligner, Distill)  # every trained method is a distill map
+    return aligner
+
+
 def train_one(
     d: Direction,
     through: Through,
@@ -410,19 +438,18 @@ def train_one(
 ) -> tuple[Distill, dict[str, Any], float]:
     """A fresh map of ``method`` from the start ``s``, trained with ``recipe`` for at most ``seconds``; returns it,
     the training report and the snap weight it was trained through."""
-    x, y, _, _ = data[(s.ls, s.lt)]
-    # The plain kind trains a copy of the very start it was ranked by (no second fit); other variants fit their own.
-    aligner = copy.deepcopy(s.init) if method == "distill" else make_aligner(method, opts.seed).fit(x, y)
-    assert isinstance(aligner, Distill)  # every trained method is a distill map
+    aligner = start_map(data, method, s, opts.seed)
+    judge = d.ranker(opts.rank_by, through)  # its probes pick the state kept and when training stops
     weight = 0.0
     if s.lt == 0:
-        judge = d.ranker(opts.rank_by, through)
         weight = train_weight(opts.train_snap, judge, aligner, s.ls, opts.snaps, s.rank)
     config = replace(
         through.config, lr=recipe.lr, lr_rel=recipe.lr_rel, anchor=recipe.anchor, max_minutes=max(seconds, 10) / 60
     )
     label = f"{d.src.name}->{d.tgt.name} L{layers_name(s.ls)}->L{s.lt} {recipe.label}"
-    report = replace(through, config=config).train(aligner, d.src.encoded, s.ls, s.lt, label=label, snap=weight)
+    report = replace(through, config=config).train(
+        aligner, d.src.encoded, s.ls, s.lt, label=label, snap=weight, held_out=lambda fn: judge.held_kl(fn, s.ls, s.lt)
+    )
     return aligner, report, weight
 
 
@@ -468,11 +495,26 @@ def train_best(
     per_map = 60 * (opts.train_minutes if opts.train_minutes is not None else 12.0)  # without a budget
     left = d.budget.left_s() if d.budget is not None else per_map * len(jobs)
     pilot_s = PILOT_SHARE * left / (len(jobs) * pilots) if pilots and jobs else 0.0
+    no_pilots = ""
+    if pilot_s:  # time one training step: pilots too short to move a map off its start are not run
+        with d.phase("pilots"):
+            method, s = jobs[0]
+            step_s = through.step_seconds(start_map(data, method, s, opts.seed), src.encoded, s.ls, s.lt)
+        every = through.config.eval_every
+        if not pilots_fit(pilot_s, step_s, every):
+            first = unpiloted_recipe(opts.lr, opts.anchor, opts.lr_rel)
+            no_pilots = (
+                f"{src.name}->{tgt.name}: no pilots: each would train {pilot_s / step_s:.0f} steps ({step_s:.1f} s a "
+                f"step), fewer than {PILOT_MIN_EVALS} held-out evaluations (one every {every} steps); every map "
+                f"trained with {first.label} (a larger --budget runs them)"
+            )
+            print(no_pilots, file=sys.stderr)
+            pilots, pilot_s = 0, 0.0
     results = []
     for i, (method, s) in enumerate(jobs):
         ls, lt = s.ls, s.lt
         x, y, xh, yh = data[(ls, lt)]
-        recipe = step_size_recipes(opts.lr, opts.anchor, opts.lr_rel)[0]
+        recipe = unpiloted_recipe(opts.lr, opts.anchor, opts.lr_rel)
         tried: list[dict[str, Any]] = []
         if pilots:
             with d.phase("pilots"):
@@ -489,7 +531,8 @@ def train_best(
             scores = metrics.evaluate(aligner.transform(xh), yh, target_mean=y.mean(dim=0)) if len(xh) > 1 else {}
             scores["init_proxy"] = s.rank
             # Trained unsnapped, its own held-out KL without a snap is known.
-            score_proxies(d, aligner, ls, lt, opts, scores, {} if weight else {"kl": report["heldout_kl"]}, every=True)
+            known = {} if weight else {d.ranking(opts.rank_by): report["heldout_kl"]}  # the judge trained by, unsnapped
+            score_proxies(d, aligner, ls, lt, opts, scores, known, every=True)
         key = MapKey.of(src.name, tgt.name, ls, lt, method)
         meta = {
             **d.meta(x, xh, len(fit_idx)),
@@ -499,6 +542,6 @@ def train_best(
             "pilots": tried,
             "probes": sorted({p.kind for p in through.probes}),
         }
-        extra = {"curve": report["curve"], "recipe": recipe.label, "pilots": tried}
+        extra = {"curve": report["curve"], "recipe": recipe.label, "pilots": tried, "no_pilots": no_pilots}
         results.append(save(d, key, aligner, meta, scores, (x, xh, seconds), extra))
     return results

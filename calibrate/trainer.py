@@ -29,6 +29,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -301,7 +302,7 @@ class Through:
             return toward_vocabulary(self.target, aligner.transform(x), snap)
 
         with frozen(self.target.model):
-            return self._held_kl(map_fn, encoded, ls, lt)
+            return self.held_kl(map_fn, encoded, ls, lt)
 
     def choose_snap(
         self, aligner: Aligner, encoded: list[Encoded], ls: int | tuple[int, ...], weights: list[float], kl0: float
@@ -311,12 +312,28 @@ class Through:
         kls = {w: kl0 if w == 0.0 else self.score(aligner, encoded, ls, 0, w) for w in weights}
         return best_first("kl", sorted((kl, w) for w, kl in kls.items()))[0][1], kls
 
+    def step_seconds(
+        self, aligner: Distill, encoded: list[Encoded], ls: int | tuple[int, ...], lt: int, steps: int = 2
+    ) -> float:
+        """Seconds one training step of this map takes here: the loss and its gradients on one batch (the optimizer's
+        update is small beside them), the mean of ``steps`` steps after a warm-up step, on a copy of the map."""
+        module = aligner.module().to(self.target.stack.device)
+        batch = self.train_idx[: self.config.batch_size]
+        times = []
+        with frozen(self.target.model):
+            for _ in range(steps + 1):
+                start = time.perf_counter()
+                loss, _ = self.loss(module, encoded, ls, lt, batch, grad=True)
+                loss.backward()
+                times.append(time.perf_counter() - start)
+        return sum(times[1:]) / steps
+
     def vocabulary(self) -> torch.Tensor:
         """The token ids the target cuts the calibration texts into (sorted, unique)."""
         ids = {i for text in self.texts for i in self.target.tokenize(text)[0]}
         return torch.tensor(sorted(ids), dtype=torch.long)
 
-    def _held_kl(self, map_fn: Any, encoded: list[Encoded], ls: int | tuple[int, ...], lt: int) -> float:
+    def held_kl(self, map_fn: Any, encoded: list[Encoded], ls: int | tuple[int, ...], lt: int) -> float:
         step = max(1, self.config.batch_size * 2)
         kls = [
             (
@@ -335,10 +352,12 @@ class Through:
         lt: int,
         label: str = "",
         snap: float = 0.0,
+        held_out: Callable[[Any], float] | None = None,
     ) -> dict[str, Any]:
         """Train ``aligner`` (already fitted: its least-squares init) through the target, for a map into layer 0 as
         served with the snap weight ``snap``; installs the best held-out state and returns the learning curve and
-        timings (``heldout_kl`` with that snap)."""
+        timings (``heldout_kl`` with that snap). ``held_out`` scores a map function on held-out probes (default: this
+        trainer's own, ``held_kl``): it picks the state kept and when to stop."""
         if not 0 <= snap < 1:
             raise ValueError(f"a snap weight to train through must be in [0, 1) (at 1 no gradient passes), got {snap}")
         cfg = self.config
@@ -361,8 +380,12 @@ class Through:
         curve: list[dict[str, float]] = []
         started = time.perf_counter()
         scored = copy.deepcopy(module) if cfg.ema else module  # the map that is scored, kept and installed
+
+        def held_score(fn: Any) -> float:
+            return held_out(fn) if held_out is not None else self.held_kl(fn, encoded, ls, lt)
+
         with frozen(self.target.model):
-            best = self._held_kl(served(scored), encoded, ls, lt)
+            best = held_score(served(scored))
             curve.append({"step": 0, "heldout_kl": best, "train_kl": float("nan"), "seconds": 0.0})
             best_state = scored.tensors()
             stale, step = 0, 0
@@ -389,7 +412,7 @@ class Through:
                 bar.update(1)
                 out_of_time = time.perf_counter() - started > cfg.max_minutes * 60
                 if step % cfg.eval_every == 0 or step == max_steps or out_of_time:
-                    held = self._held_kl(served(scored), encoded, ls, lt)
+                    held = held_score(served(scored))
                     train_kl = sum(running) / len(running)
                     running = []
                     curve.append(

@@ -2,7 +2,8 @@
 
 Planted relations on tiny models: a model handed its own states must be found to need its own layer (layer 0 into the
 embeddings, layer 2 into layer 2); the pairing kept is the one an explicit fit of each scores best; the recipe kept is
-the pilot the proxy scores best; fixing the recipe runs no pilot.
+the pilot the proxy scores best; fixing the recipe runs no pilot, nor does a budget too small for pilots to move a map
+off its start.
 """
 
 from __future__ import annotations
@@ -17,8 +18,20 @@ import torch
 from aligners import load
 from aligners.store import MapStore
 from calibrate import FitConfig, fit
-from calibrate.search import ANCHORS, LR_RELS, Budget, Recipe, anchor_recipes, n_pilots, step_size_recipes
+from calibrate.search import (
+    ANCHORS,
+    LR_RELS,
+    PILOT_MIN_EVALS,
+    Budget,
+    Recipe,
+    anchor_recipes,
+    n_pilots,
+    pilots_fit,
+    step_size_recipes,
+    unpiloted_recipe,
+)
 from calibrate.sources import read_items
+from calibrate.trainer import Through
 
 
 def _fit(tiny_dirs: dict[str, Path], tmp_path: Path, source: str, target: str, **options: Any) -> Any:
@@ -47,6 +60,14 @@ def test_the_recipes_tried_are_step_sizes_then_anchors_unless_fixed() -> None:
     assert step_size_recipes(1e-3, None, 0.015) == [Recipe(0.015, 0.0, 1e-3)]  # a fixed step size is not searched
     assert anchor_recipes(Recipe(0.015, 0.0), 5.0) == []  # nor a fixed anchor
     assert n_pilots(1e-3, 5.0, 0.015) == 0
+    # Without pilots: the first step size, held nearest its start, unless either is fixed.
+    assert unpiloted_recipe(None, None, None) == Recipe(LR_RELS[0], max(ANCHORS))
+    assert unpiloted_recipe(1e-3, 0.0, None) == Recipe(LR_RELS[0], 0.0, 1e-3)
+
+
+def test_a_pilot_must_last_the_held_out_evaluations_that_can_tell_it_from_its_start() -> None:
+    steps = PILOT_MIN_EVALS * 50
+    assert pilots_fit(steps * 2.0, 2.0, 50) and not pilots_fit(steps * 2.0 - 1, 2.0, 50)
 
 
 def test_the_budget_adds_up_its_phases() -> None:
@@ -132,3 +153,26 @@ def test_a_fixed_recipe_runs_no_pilot_and_trains_with_it(tiny_dirs: dict[str, Pa
     (trained,) = [e for e in manifest["maps"] if e["method"] == "distill"]
     meta = load(result.store / trained["path"])[1]
     assert meta["train"]["recipe"] == {"lr_rel": 0.015, "anchor": 5.0, "lr": 1e-3} and meta["pilots"] == []
+
+
+@pytest.mark.slow
+def test_pilots_too_short_to_tell_recipes_apart_are_not_run(
+    tiny_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The step time is measured for real and then scaled as if on hardware 10^6 times slower: a pilot could not
+    reach its held-out evaluations, so none runs and the unsearched recipe trains for all the time, as the report
+    says."""
+    measured: list[float] = []
+    real = Through.step_seconds
+
+    def slow(self: Through, *args: Any, **kwargs: Any) -> float:
+        measured.append(real(self, *args, **kwargs))
+        return measured[-1] * 1e6
+
+    monkeypatch.setattr(Through, "step_seconds", slow)
+    result = _fit(tiny_dirs, tmp_path, "llama", "gemma3", layers="1", target_layers="1", methods="linear,distill")
+    assert len(measured) == 1 and 0 < measured[0] < 60
+    assert all(not tried for tried in result.search.values())
+    (row,) = [r for r in result.rows if r["method"] == "distill"]
+    assert row["recipe"] == unpiloted_recipe(None, None, None).label
+    assert "no pilots: each would train" in result.markdown() and "| pilot steps |" not in result.markdown()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -209,7 +210,7 @@ def test_training_through_a_snap_trains_and_keeps_the_map_as_served(tiny_setup: 
         return toward_vocabulary(target, snapped.transform(x), 0.5, vocabulary)
 
     # The kept held-out KL is the installed map's as served with the snap it was trained through.
-    assert through._held_kl(as_served, encoded, 2, 0) == pytest.approx(report["heldout_kl"], rel=1e-4)
+    assert through.held_kl(as_served, encoded, 2, 0) == pytest.approx(report["heldout_kl"], rel=1e-4)
     with pytest.raises(ValueError, match=r"in \[0, 1\) \(at 1 no gradient passes\), got 1.0"):
         through.train(_copy_of(init), encoded, 2, 0, snap=1.0)
 
@@ -433,3 +434,24 @@ def test_a_preconditioned_module_is_the_same_map_and_saves_unscaled() -> None:
     module.precondition(x.square().mean(dim=0).sqrt())
     torch.testing.assert_close(module(x).detach(), before, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(module.tensors()["weight"], saved["weight"])
+
+
+def test_the_held_out_score_given_picks_the_state_kept_and_when_to_stop(tiny_setup: tuple) -> None:
+    """Judged by another score (a score that worsens with every call; the KL of only the first held-out probe),
+    training keeps the state that score ranks best: the start where nothing beats it."""
+    _, _, encoded, through, init = tiny_setup
+    calls: list[float] = []
+
+    def worsening(fn: Any) -> float:
+        calls.append(float(len(calls)))
+        return calls[-1]
+
+    aligner = _copy_of(init)
+    report = through.train(aligner, encoded, 2, 1, held_out=worsening)
+    assert [c["heldout_kl"] for c in report["curve"]] == calls and report["best_step"] == 0
+    assert all(torch.equal(aligner.tensors[k], init.tensors[k]) for k in init.tensors)  # type: ignore[index]
+    first = [through.held_idx[0]]
+    trained = _copy_of(init)
+    report = through.train(trained, encoded, 2, 1, held_out=lambda fn: through.loss(fn, encoded, 2, 1, first, False)[1])
+    assert report["heldout_kl"] <= report["curve"][0]["heldout_kl"]
+    assert report["heldout_kl"] == pytest.approx(through.loss(trained.transform, encoded, 2, 1, first, False)[1], 1e-4)

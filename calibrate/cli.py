@@ -332,9 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_lr,
         help="Adam step size: auto (default) = the weight preconditioned by each input dimension's RMS, and steps of "
         f"a multiple of each parameter's own scale ({' or '.join(map(str, LR_RELS))}, tried in pilots, the ranking "
-        "proxy keeps the better; a weight's scale is its RMS at its least-squares start, a bias's the RMS of the "
-        "map's outputs), so that training does not depend on the scale of either model's states; or a number, one "
-        "step size for every parameter, not searched",
+        f"proxy keeps the better; {LR_RELS[0]} where the budget runs no pilots; a weight's scale is its RMS at its "
+        "least-squares start, a bias's the RMS of the map's outputs), so that training does not depend on the scale "
+        "of either model's states; or a number, one step size for every parameter, not searched",
     )
     _option(
         train,
@@ -360,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget",
         type=float,
         help="minutes per direction for the target's probes, screening the least-squares maps, the pilots that "
-        "choose each training recipe and the training (default %(default)s: the real small pair on 2 CPU cores; "
+        "choose each training recipe (run only where each can train 2 held-out evaluations long at the measured "
+        "step time) and the training (default %(default)s: the real small pair on 2 CPU cores; "
         "reading and encoding the text, and writing passages the models make, come before and are not counted); "
         "a progress bar shows it spent, the report its split",
     )
@@ -372,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of ‖W − W₀‖² / ‖W₀‖² in the training loss, W₀ the map's least-squares start: keeps the trained "
         "map near it; with --lr auto W is the preconditioned weight, a different norm than with a fixed --lr; auto "
         f"= each of {', '.join(f'{a:g}' for a in ANCHORS)} tried in pilots at the chosen step size, the ranking proxy "
-        "keeps the best (default)",
+        f"keeps the best (default; where the budget runs no pilots, {max(ANCHORS):g})",
     )
     _option(
         train,

@@ -3,7 +3,7 @@
 For each store and each mode: the maps the server picks for the pair (``aligners.resolve.choose`` with the store's
 default map, as ``/generate`` does with no map named), QA EM/F1 on ``--samples`` items of ``--data`` (a source none
 of the stores was calibrated on), % of native F1, QA-context CBR and plain-text CBR on ``--text-samples`` passages
-of ``--text-data``; the baselines (native, question alone) once, for every row.
+of ``--text-data``; the baselines (native, question alone, the source model answering itself) once, for every row.
 
     python benchmarks/compare_stores.py --maps new=/tmp/maps --maps shipped=service/default_maps \
         --pair smollm2__gemma3 --data builtin:letters-qa --text-data builtin:stdlib-docs --samples 40
@@ -46,7 +46,7 @@ def main() -> int:
     items = [it for it in read_items(args.data, seed=0) if it.has_qa][: args.samples]
     texts = [it.context for it in read_items(args.text_data, seed=0)][: args.text_samples]
     bench = Bench(target, items, SamplingParams(max_new_tokens=12), args.batch_size, texts=texts)
-    base = baselines(bench)
+    base = baselines(bench, source)  # with the source answering itself: what asking A gives
     native = base["native"]
 
     rows: list[dict[str, Any]] = []
@@ -87,7 +87,8 @@ def main() -> int:
 
     print(
         f"{args.pair}, {len(items)} items of {args.data} (native EM {native['em']:.1f}, F1 {native['f1']:.1f}; "
-        f"question alone F1 {base['alone']['f1']:.1f}), {len(texts)} passages of {args.text_data}\n"
+        f"question alone F1 {base['alone']['f1']:.1f}; {source_name} answering itself: EM {base['source']['em']:.1f}, "
+        f"F1 {base['source']['f1']:.1f}), {len(texts)} passages of {args.text_data}\n"
     )
     print("| store | mode | map | EM | F1 | % of native | QA-context CBR | plain-text CBR |")
     print("|---|---|---|---:|---:|---:|---:|---:|")

@@ -113,7 +113,8 @@ def _pyplot() -> Any:
 
 
 def learning_curves(curves: dict[str, list[dict[str, float]]], path: Path) -> None:
-    """Held-out (and running train) KL against training steps, one line per trained map, saved as PNG."""
+    """The ranking proxy's held-out KL (and the running train KL) against training steps, one line per trained map,
+    saved as PNG."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, curve in curves.items():
@@ -123,7 +124,7 @@ def learning_curves(curves: dict[str, list[dict[str, float]]], path: Path) -> No
             ax.plot(*zip(*train, strict=True), ls=":", color=line[0].get_color())
     ax.set_xlabel("training step")
     ax.set_ylabel("KL (nats per probe token)")
-    ax.set_title("held-out KL (solid), running train KL (dotted)", fontsize=9)
+    ax.set_title("held-out KL of the ranking proxy (solid), running train KL (dotted)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

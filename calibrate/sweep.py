@@ -495,6 +495,7 @@ def train_best(
     per_map = 60 * (opts.train_minutes if opts.train_minutes is not None else 12.0)  # without a budget
     left = d.budget.left_s() if d.budget is not None else per_map * len(jobs)
     pilot_s = PILOT_SHARE * left / (len(jobs) * pilots) if pilots and jobs else 0.0
+    unpiloted = unpiloted_recipe(opts.lr, opts.anchor, opts.lr_rel)
     no_pilots = ""
     if pilot_s:  # time one training step: pilots too short to move a map off its start are not run
         with d.phase("pilots"):
@@ -502,11 +503,10 @@ def train_best(
             step_s = through.step_seconds(start_map(data, method, s, opts.seed), src.encoded, s.ls, s.lt)
         every = through.config.eval_every
         if not pilots_fit(pilot_s, step_s, every):
-            first = unpiloted_recipe(opts.lr, opts.anchor, opts.lr_rel)
             no_pilots = (
                 f"{src.name}->{tgt.name}: no pilots: each would train {pilot_s / step_s:.0f} steps ({step_s:.1f} s a "
                 f"step), fewer than {PILOT_MIN_EVALS} held-out evaluations (one every {every} steps); every map "
-                f"trained with {first.label} (a larger --budget runs them)"
+                f"trained with {unpiloted.label} (a larger --budget runs them)"
             )
             print(no_pilots, file=sys.stderr)
             pilots, pilot_s = 0, 0.0
@@ -514,7 +514,7 @@ def train_best(
     for i, (method, s) in enumerate(jobs):
         ls, lt = s.ls, s.lt
         x, y, xh, yh = data[(ls, lt)]
-        recipe = unpiloted_recipe(opts.lr, opts.anchor, opts.lr_rel)
+        recipe = unpiloted
         tried: list[dict[str, Any]] = []
         if pilots:
             with d.phase("pilots"):

@@ -3,7 +3,9 @@
 For each store and each mode: the maps the server picks for the pair (``aligners.resolve.choose`` with the store's
 default map, as ``/generate`` does with no map named), QA EM/F1 on ``--samples`` items of ``--data`` (a source none
 of the stores was calibrated on), % of native F1, QA-context CBR and plain-text CBR on ``--text-samples`` passages
-of ``--text-data``; the baselines (native, question alone, the source model answering itself) once, for every row.
+of ``--text-data``; the baselines (native, question alone, the source model answering itself) once, for every row;
+and each row's identity control (the target handing its own states to itself in the same mode and layer: what the
+mode itself costs, whatever the map).
 
     python benchmarks/compare_stores.py --maps new=/tmp/maps --maps shipped=service/default_maps \
         --pair smollm2__gemma3 --data builtin:letters-qa --text-data builtin:stdlib-docs --samples 40
@@ -19,7 +21,7 @@ from typing import Any
 
 from aligners.resolve import choose
 from aligners.store import MapNotFoundError, MapStore
-from calibrate.evaluation import Bench, _maps_for, baselines, ratio, translated_builder
+from calibrate.evaluation import Bench, _maps_for, baselines, identity_builder, ratio, translated_builder
 from calibrate.sources import read_items
 from service.runtime.generate import SamplingParams
 from service.runtime.loading import load_model
@@ -50,6 +52,7 @@ def main() -> int:
     native = base["native"]
 
     rows: list[dict[str, Any]] = []
+    identity: dict[tuple[str, int], float] = {}  # F1 of the target handing its own states to itself
     for label, store in stores.items():
         default = store.manifest().get("defaults", {}).get(args.pair)
         for mode in map(get_mode, parse_handover_modes(args.modes)):
@@ -71,6 +74,9 @@ def main() -> int:
             builder = translated_builder(source, target, mode, maps)
             scores = bench.qa(builder)
             text_nll = bench.text_nll(builder)
+            at = (mode.name, key.target_layer)
+            if at not in identity:
+                identity[at] = bench.qa(identity_builder(target, mode, key.target_layer), with_nll=False)["f1"]
             snap = maps[-1].aligner.fit_info.get("snap", 0.0) if key.target_layer == 0 else None
             rows.append(
                 {
@@ -80,6 +86,7 @@ def main() -> int:
                     "em": scores["em"],
                     "f1": scores["f1"],
                     "of_native": scores["f1"] / native["f1"] if native["f1"] else float("nan"),
+                    "identity_f1": identity[at],
                     "qa_cbr": ratio(base["none"]["nll"], scores["nll"], native["nll"]),
                     "text_cbr": ratio(base["text"]["none"], text_nll, base["text"]["native"]),
                 }
@@ -90,12 +97,12 @@ def main() -> int:
         f"question alone F1 {base['alone']['f1']:.1f}; {source_name} answering itself: EM {base['source']['em']:.1f}, "
         f"F1 {base['source']['f1']:.1f}), {len(texts)} passages of {args.text_data}\n"
     )
-    print("| store | mode | map | EM | F1 | % of native | QA-context CBR | plain-text CBR |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+    print("| store | mode | map | EM | F1 | % of native | identity control F1 | QA-context CBR | plain-text CBR |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['store']} | {r['mode']} | {r['map']} | {r['em']:.1f} | {r['f1']:.1f} | {100 * r['of_native']:.0f}% "
-            f"| {r['qa_cbr']:.2f} | {r['text_cbr']:.2f} |"
+            f"| {r['identity_f1']:.1f} | {r['qa_cbr']:.2f} | {r['text_cbr']:.2f} |"
         )
     if args.out:
         Path(args.out).write_text(json.dumps({"baselines": base, "rows": rows}, indent=1))

@@ -53,10 +53,10 @@ default-maps: models
 
 ## The hand-tuned recipe the bundled maps came from until the twelfth round (docs/results/translation-quality.md),
 ## kept to rerun that comparison; it writes its store to $(HAND)/store, not over the bundled maps. smollm2 -> gemma3
-## fitted three times on 1000 varied passages, each run ranking its maps by Gemma 3's proxy KL on its own held-out probes and training the best start
-## per way of entering the target through it (2 CPU cores): blocks 2, 4, 8 into layers 0 and 4 with the per-layer
-## maps (`full` serves least squares block 2 -> layer 4 from it; about 45 min); block 4, alone and beside SmolLM2's
-## embeddings (0+4), into layer 4 with 400 passages the models write themselves added (`replace`, `last_token`; about
+## fitted three times on 1000 varied passages, each run ranking its maps by Gemma 3's proxy KL on its own held-out
+## probes and training the best start per way of entering the target through it (2 CPU cores): blocks 2, 4, 8 into
+## layers 0 and 4 with the per-layer maps (`full` serves least squares block 2 -> layer 4 from it; about 45 min);
+## block 4, alone and beside SmolLM2's embeddings (0+4), into layer 4 with 400 passages the models write themselves added (`replace`, `last_token`; about
 ## 25 min); these two with one Adam step size (`--lr 2e-4`); block 2 beside the embeddings (0+2) into the
 ## embeddings with the same text, each source token paired with the target's own token for the same characters
 ## (`--pairing span`), held near its least-squares start (`--anchor 2000`, default step sizes; `embeds`; about

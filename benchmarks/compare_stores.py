@@ -21,7 +21,7 @@ from typing import Any
 
 from aligners.resolve import choose
 from aligners.store import MapNotFoundError, MapStore
-from calibrate.evaluation import Bench, _maps_for, baselines, identity_builder, ratio, translated_builder
+from calibrate.evaluation import Bench, _maps_for, baselines, ratio, translated_builder
 from calibrate.sources import read_items
 from service.runtime.generate import SamplingParams
 from service.runtime.loading import load_model
@@ -52,7 +52,6 @@ def main() -> int:
     native = base["native"]
 
     rows: list[dict[str, Any]] = []
-    identity: dict[tuple[str, int], float] = {}  # F1 of the target handing its own states to itself
     for label, store in stores.items():
         default = store.manifest().get("defaults", {}).get(args.pair)
         for mode in map(get_mode, parse_handover_modes(args.modes)):
@@ -74,9 +73,6 @@ def main() -> int:
             builder = translated_builder(source, target, mode, maps)
             scores = bench.qa(builder)
             text_nll = bench.text_nll(builder)
-            at = (mode.name, key.target_layer)
-            if at not in identity:
-                identity[at] = bench.qa(identity_builder(target, mode, key.target_layer), with_nll=False)["f1"]
             snap = maps[-1].aligner.fit_info.get("snap", 0.0) if key.target_layer == 0 else None
             rows.append(
                 {
@@ -86,7 +82,7 @@ def main() -> int:
                     "em": scores["em"],
                     "f1": scores["f1"],
                     "of_native": scores["f1"] / native["f1"] if native["f1"] else float("nan"),
-                    "identity_f1": identity[at],
+                    "identity_f1": bench.identity(mode, mode.injects_at(key.target_layer))["f1"],
                     "qa_cbr": ratio(base["none"]["nll"], scores["nll"], native["nll"]),
                     "text_cbr": ratio(base["text"]["none"], text_nll, base["text"]["native"]),
                 }

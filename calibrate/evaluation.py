@@ -75,6 +75,15 @@ class Bench:
     batch_size: int
     chat: bool = False
     texts: list[str] = field(default_factory=list)
+    _identity: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict, repr=False)
+
+    def identity(self, mode: HandoverMode, layer: int) -> dict[str, float]:
+        """The identity control of ``mode`` at ``layer``: the model handing its own states to itself (what the mode
+        itself costs, whatever the map), scored once per mode and layer."""
+        if (mode.name, layer) not in self._identity:
+            builder = identity_builder(self.model, mode, layer)
+            self._identity[(mode.name, layer)] = self.qa(builder, with_nll=mode.scores_continuation)
+        return self._identity[(mode.name, layer)]
 
     def qa(self, builder: PromptBuilder, items: list[Item] | None = None, with_nll: bool = True) -> dict[str, float]:
         """QA EM/F1 (and, ``with_nll``, the continuation NLL) of one condition over ``items`` (default all)."""
@@ -242,8 +251,7 @@ def score_modes(
             if bench.texts and with_nll:
                 scores["text_nll"] = bench.text_nll(builder)
                 scores["text_cbr"] = ratio(base["text"]["none"], scores["text_nll"], base["text"]["native"])
-            if (mode.name, layer) not in identity:
-                identity[(mode.name, layer)] = bench.qa(identity_builder(target, mode, layer), with_nll=with_nll)
+            identity[(mode.name, layer)] = bench.identity(mode, layer)
             translated.append(
                 {
                     **key.as_dict(),

@@ -8,7 +8,8 @@ request names; the best-scored candidate wins (lowest ranking proxy where the fi
 - ``embeds`` enters at layer 0: the best map into layer 0 (a helper map into layer 0 when nothing else is there);
 - ``replace``, ``last_token``: the best map into the named layer, or, with no layer named, the best map into a layer
   above 0 (layer 0 would make ``replace`` the same as ``embeds``), else into 0;
-- ``full``: as ``replace``, among maps whose method also has the per-layer maps into every layer below;
+- ``full``: as ``replace``, among maps with some map into every layer below; each layer below is fed by the map that
+  would serve a handover into it (the best-scored; a per-layer helper where nothing else enters that layer);
 - ``translate`` (``/translate``): any layer; the pair's default map when nothing is named.
 Among equals the pair's default map (the manifest's) comes first.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aligners.store import MapKey, MapNotFoundError, matching_layer, same_map
+from aligners.store import MapKey, MapNotFoundError, same_map
 
 
 def score(entry: dict[str, Any]) -> float:
@@ -33,14 +34,19 @@ def score(entry: dict[str, Any]) -> float:
     return -float(metrics.get("r2", float("-inf")))
 
 
-def _per_layer(entries: list[dict[str, Any]], key: MapKey, n_src: int, n_tgt: int) -> tuple[list[MapKey], str]:
-    """The per-layer maps ``full`` needs below ``key``'s target layer, and the first one missing ("" if none)."""
-    have = {(e["source_layer"], e["target_layer"], e["method"]) for e in entries}
-    chain = [
-        MapKey(key.source, key.target, matching_layer(k, n_tgt, n_src), k, key.method) for k in range(key.target_layer)
-    ]
-    lacking = [k.relpath for k in chain if (k.source_layer, k.target_layer, k.method) not in have]
-    return chain, lacking[0] if lacking else ""
+def _per_layer(entries: list[dict[str, Any]], key: MapKey) -> tuple[list[MapKey], str]:
+    """The maps ``full`` feeds the blocks below ``key``'s target layer with, one per layer, each the map that would
+    serve a handover into that layer (best-scored; a per-layer helper map where nothing else enters the layer), and
+    the first layer none enters ("" if none)."""
+    chain: list[MapKey] = []
+    lacking = ""
+    for k in range(key.target_layer):
+        into = [e for e in entries if e["target_layer"] == k]
+        if not into:
+            lacking = lacking or f"{key.source}__{key.target}/L*-L{k}"
+            continue
+        chain.append(_key(min(into, key=lambda e: (bool(e.get("helper")), score(e)))))
+    return chain, lacking
 
 
 @dataclass(frozen=True)
@@ -63,8 +69,6 @@ def choose(
     source: str,
     target: str,
     need: Need,
-    n_src: int,
-    n_tgt: int,
     layer: int | None = None,
     method: str | None = None,
     source_layers: tuple[int, ...] | None = None,
@@ -96,7 +100,7 @@ def choose(
         kept = []
         for e in candidates:
             key = _key(e)
-            chain, lacking = _per_layer(pair, key, n_src, n_tgt)
+            chain, lacking = _per_layer(pair, key)
             if lacking:
                 missing.append(lacking)
             else:

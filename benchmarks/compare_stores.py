@@ -56,15 +56,7 @@ def main() -> int:
         default = store.manifest().get("defaults", {}).get(args.pair)
         for mode in map(get_mode, parse_handover_modes(args.modes)):
             try:
-                key, _ = choose(
-                    store.entries(),
-                    source_name,
-                    target_name,
-                    mode.need,
-                    source.n_layers,
-                    target.n_layers,
-                    default=default,
-                )
+                key, _ = choose(store.entries(), source_name, target_name, mode.need, default=default)
             except MapNotFoundError as err:
                 print(f"{label} {mode.name}: {err}", file=sys.stderr)
                 continue

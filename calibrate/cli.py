@@ -113,9 +113,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     calib = store.manifest().get("calibration")
     if not store.entries() or calib is None:
         raise ValueError(f"{args.maps}: no fitted maps with calibration records (run `fit` first)")
-    n_layers = {name: info.get("n_layers") for name, info in calib["models"].items()}
-    if None in n_layers.values():
-        raise ValueError(f"{args.maps}: the calibration record lacks the models' layer counts (refit to export)")
     modes = parse_handover_modes(args.modes)
     if not modes:
         raise ValueError(f"--modes: name at least one of {', '.join(HANDOVER_MODES)}")
@@ -124,7 +121,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         for mode in modes:
             try:
                 need = get_mode(mode).need
-                main, below = choose(store.entries(), source, target, need, n_layers[source], n_layers[target])
+                main, below = choose(store.entries(), source, target, need)
             except MapNotFoundError as err:
                 print(f"{source} -> {target} {mode}: nothing to export ({err})", file=sys.stderr)
                 continue

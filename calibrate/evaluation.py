@@ -155,10 +155,7 @@ def _maps_for(
     layer = mode.injects_at(key.target_layer)
     try:
         need = mode.need
-        n_src, n_tgt = source.n_layers, target.n_layers
-        main, below = choose(
-            store.entries(), key.source, key.target, need, n_src, n_tgt, layer, key.method, key.source_layers
-        )
+        main, below = choose(store.entries(), key.source, key.target, need, layer, key.method, key.source_layers)
     except MapNotFoundError:
         return None
     return [

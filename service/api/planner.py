@@ -110,7 +110,8 @@ class RequestPlanner:
     ) -> Resolved:
         """The maps a handover in ``mode`` needs (none for ``native``; None: ``/translate``, a map into any layer),
         chosen by ``aligners.resolve.choose``."""
-        src, tgt = self.state.model(source), self.state.model(target)
+        self.state.model(source)  # an unknown source is a 404 before anything else
+        tgt = self.state.model(target)
         if mode is not None and not mode.uses_maps:
             return Resolved(mode, [], None, None, None)
         if layer is not None and layer >= tgt.n_layers:
@@ -123,9 +124,7 @@ class RequestPlanner:
         try:
             need = TRANSLATE if mode is None else mode.need
             default = self.state.defaults.get(f"{source}__{target}")
-            key, below = choose(
-                self.state.served, source, target, need, src.n_layers, tgt.n_layers, layer, method, default=default
-            )
+            key, below = choose(self.state.served, source, target, need, layer, method, default=default)
         except ValueError as err:
             raise InvalidRequestError(str(err)) from None
         except MapNotFoundError as err:

@@ -81,7 +81,7 @@ def stop_server(server: Server) -> None:
 @pytest.fixture(scope="session")
 def tiny_maps(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A map store between the tiny llama and gemma3, with --full maps, plus one stale map (wrong fingerprint) and
-    one per-layer map missing."""
+    no gemma3 -> llama map into layer 0."""
     root = tmp_path_factory.mktemp("served")
     out = root / "maps"
     args = [
@@ -110,15 +110,18 @@ def tiny_maps(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     ]
     assert calibrate(args) == 0
     manifest = json.loads((out / "manifest.json").read_text())
+    # Drop every gemma3 -> llama map into layer 0, so that `full` mode has a layer no map enters.
+    dropped = [e["path"] for e in manifest["maps"] if e["path"].startswith("gemma3__llama/") and "-L0/" in e["path"]]
+    assert dropped
+    manifest["maps"] = [e for e in manifest["maps"] if e["path"] not in dropped]
+    manifest["defaults"] = {k: v for k, v in manifest["defaults"].items() if k != "gemma3__llama" or v["target_layer"]}
+    for path in dropped:
+        (out / path).unlink()
     stale = dict(next(e for e in manifest["maps"] if e["method"] == "affine"))
     stale_path = stale["path"].replace("affine", "stale")
     shutil.copy(out / stale["path"], out / stale_path)
     stale.update(path=stale_path, method="stale", target_fingerprint="0" * 16)
     manifest["maps"].append(stale)
-    # Drop one per-layer map, so that `full` mode has something to miss.
-    dropped = "gemma3__llama/L0-L0/procrustes.safetensors"
-    manifest["maps"] = [e for e in manifest["maps"] if e["path"] != dropped]
-    (out / dropped).unlink()
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
 

@@ -35,9 +35,9 @@ def score(entry: dict[str, Any]) -> float:
 
 
 def _per_layer(entries: list[dict[str, Any]], key: MapKey) -> tuple[list[MapKey], str]:
-    """The maps ``full`` feeds the blocks below ``key``'s target layer with, one per layer, each the map that would
-    serve a handover into that layer (best-scored; a per-layer helper map where nothing else enters the layer), and
-    the first layer none enters ("" if none)."""
+    """The maps ``full`` feeds the blocks below ``key``'s target layer with, one per layer: the best-scored map into
+    that layer (a per-layer helper map only where nothing else enters it), and the first layer none enters ("" if
+    none)."""
     chain: list[MapKey] = []
     lacking = ""
     for k in range(key.target_layer):
@@ -102,7 +102,8 @@ def choose(
             key = _key(e)
             chain, lacking = _per_layer(pair, key)
             if lacking:
-                missing.append(lacking)
+                if lacking not in missing:  # candidates into one layer lack the same layers below
+                    missing.append(lacking)
             else:
                 chains[key.relpath] = chain
                 kept.append(e)

@@ -384,6 +384,15 @@ def build_parser() -> argparse.ArgumentParser:
     _option(
         train,
         FitConfig,
+        "--backoff",
+        type=float,
+        help="when a held-out evaluation is no better than the best so far, training goes back to the best state and "
+        "multiplies every step size by this (Adam's moments reset); in (0, 1], 1 = never go back "
+        "(default %(default)s)",
+    )
+    _option(
+        train,
+        FitConfig,
         "--train-snap",
         help="train maps into the target's input embeddings as they are served with this snap weight (their outputs "
         "moved that share of the way to the target's nearest embedding rows, searched among the rows of the "

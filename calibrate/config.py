@@ -57,12 +57,13 @@ def _names(value: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def _check(config: Any, rule: str, names: Sequence[str]) -> None:
-    """Refuse any of ``names`` whose value breaks ``rule`` (">= 1", ">= 0", "> 0", "in [0, 1)")."""
+    """Refuse any of ``names`` whose value breaks ``rule`` (">= 1", ">= 0", "> 0", "in [0, 1)", "in (0, 1]")."""
     tests = {
         ">= 1": lambda v: v >= 1,
         ">= 0": lambda v: v >= 0,
         "> 0": lambda v: v > 0 and math.isfinite(v),
         "in [0, 1)": lambda v: 0 <= v < 1,
+        "in (0, 1]": lambda v: 0 < v <= 1,
     }
     for name in names:
         if not tests[rule](getattr(config, name)):
@@ -150,6 +151,7 @@ class FitConfig(ModelOptions):
     budget: float = 45.0  # minutes per direction: probes, screening, pilots and training
     anchor: float | None = None  # None: searched (``calibrate.search``)
     ema: float = 0.0
+    backoff: float = 0.5
     train_snap: float | str = 0.0
 
     def __post_init__(self) -> None:
@@ -171,6 +173,7 @@ class FitConfig(ModelOptions):
             if getattr(self, name) is not None:
                 _check(self, rule, (name,))
         _check(self, "in [0, 1)", ("ema",))
+        _check(self, "in (0, 1]", ("backoff",))
         if self.lr is not None:
             _check(self, "> 0", ("lr",))
         _choices(self, "methods", list(METHODS))

@@ -330,6 +330,7 @@ def train_config(config: FitConfig) -> TrainConfig:
         max_minutes=config.train_minutes or 12.0,  # each training sets its own (``calibrate.sweep.train_best``)
         anchor=config.anchor or 0.0,
         ema=config.ema,
+        backoff=config.backoff,
         heldout_probes=max(1, config.proxy_probes),
         seed=config.seed,
     )

@@ -13,7 +13,9 @@ probe token:
 Student logits are computed only at probe positions (a 262k-token head dominates otherwise). The target's weights
 are frozen (``frozen``) and never change. Adam (step sizes relative to each parameter's scale: ``step_sizes``),
 seeded shuffles, held-out KL every ``eval_every`` steps, early stopping with the best held-out state kept, a
-wall-clock budget. With ``ema`` > 0 the map that is scored, kept and installed is an exponential moving average of
+wall-clock budget. An evaluation no better than the best sends training back to the best state with every step size
+multiplied by ``backoff`` (and Adam's moments reset): a step size too large for a map loses nothing but the steps
+since, instead of leaving the map where it diverged. With ``ema`` > 0 the map that is scored, kept and installed is an exponential moving average of
 the trained parameters (started at the least-squares map, updated after every step with weight 1 − ema). With
 ``snap`` > 0 (``Through.train``) a map into the target's input embeddings is trained (and early-stopped) as it will
 be served with that snap weight: its outputs move ``snap`` of the way to their nearest embedding rows
@@ -80,6 +82,24 @@ def step_sizes(module: MapModule, x: torch.Tensor, rel: float) -> list[dict[str,
     return groups
 
 
+def _raw(module: MapModule) -> dict[str, torch.Tensor]:
+    """A copy of the module's parameters as it holds them (preconditioned or not), to go back to."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _back_to(
+    state: dict[str, torch.Tensor], module: MapModule, scored: MapModule, optimizer: torch.optim.Optimizer, factor: float
+) -> None:
+    """Training goes back to ``state`` (the trained module and the scored one, its average where they differ), with
+    every step size multiplied by ``factor`` and Adam's moments reset."""
+    module.load_state_dict(state)
+    if scored is not module:
+        scored.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
+    optimizer.state.clear()
+
+
 def make_optimizer(module: MapModule, sample: torch.Tensor, cfg: TrainConfig) -> torch.optim.Adam:
     """Adam for ``module``: with ``cfg.lr``, one step size for every parameter; without, the module preconditioned by
     each input dimension's RMS on ``sample`` (source states) and step sizes relative to each parameter's scale."""
@@ -101,6 +121,7 @@ class TrainConfig:
     hidden_weight: float = 0.1
     anchor: float = 0.0
     ema: float = 0.0  # 0: the trained parameters themselves; else their moving average with this decay per step
+    backoff: float = 0.5  # on a held-out evaluation no better than the best: back to the best state, steps × this
     top_k: int = 64
     heldout_probes: int = 48
     seed: int = 0
@@ -120,6 +141,8 @@ class TrainConfig:
             raise ValueError("anchor and hidden_weight must be >= 0")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1) (0 = no averaging), got {self.ema}")
+        if not 0 < self.backoff <= 1:
+            raise ValueError(f"backoff must be in (0, 1] (1 = never go back), got {self.backoff}")
 
 
 @dataclass
@@ -387,7 +410,7 @@ class Through:
         with frozen(self.target.model):
             best = held_score(served(scored))
             curve.append({"step": 0, "heldout_kl": best, "train_kl": float("nan"), "seconds": 0.0})
-            best_state = scored.tensors()
+            best_state, best_raw = scored.tensors(), _raw(scored)
             stale, step = 0, 0
             order: list[int] = []
             bar = tqdm(total=max_steps, desc=f"distill {label}".strip(), unit="step", leave=False)
@@ -426,8 +449,11 @@ class Through:
                     bar.set_postfix_str(f"train KL {train_kl:.3f} held-out KL {held:.3f} (best {min(best, held):.3f})")
                     if held < best:
                         best, best_state, stale = held, scored.tensors(), 0
+                        best_raw = _raw(scored)
                     else:
                         stale += 1
+                        if cfg.backoff < 1:
+                            _back_to(best_raw, module, scored, optimizer, cfg.backoff)
                     if stale >= cfg.patience or out_of_time:
                         break
             bar.close()

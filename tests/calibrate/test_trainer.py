@@ -69,6 +69,9 @@ def test_bad_parameters_are_refused() -> None:
     for ema in (-0.1, 1.0):
         with pytest.raises(ValueError, match="ema"):
             TrainConfig(ema=ema)
+    for backoff in (0.0, 1.5):
+        with pytest.raises(ValueError, match=r"backoff must be in \(0, 1\]"):
+            TrainConfig(backoff=backoff)
 
 
 def test_cli_refuses_a_negative_anchor_before_loading_models(capsys: pytest.CaptureFixture[str]) -> None:
@@ -98,6 +101,8 @@ def test_cli_refuses_a_train_snap_outside_0_1_before_loading_models(
 def test_cli_refuses_an_ema_outside_0_1_before_loading_models(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["fit", "--source", "no-such-model", "--target", "no-such-model", "--ema", "1"]) == 2
     assert "--ema must be in [0, 1)" in capsys.readouterr().err
+    assert main(["fit", "--source", "no-such-model", "--target", "no-such-model", "--backoff", "0"]) == 2
+    assert "--backoff must be in (0, 1]" in capsys.readouterr().err
 
 
 def test_topk_kl_is_zero_for_equal_distributions_and_positive_otherwise() -> None:
@@ -455,3 +460,32 @@ def test_the_held_out_score_given_picks_the_state_kept_and_when_to_stop(tiny_set
     report = through.train(trained, encoded, 2, 1, held_out=lambda fn: through.loss(fn, encoded, 2, 1, first, False)[1])
     assert report["heldout_kl"] <= report["curve"][0]["heldout_kl"]
     assert report["heldout_kl"] == pytest.approx(through.loss(trained.transform, encoded, 2, 1, first, False)[1], 1e-4)
+
+
+@pytest.mark.parametrize("backoff", [0.5, 1.0])
+def test_a_worse_evaluation_sends_training_back_to_the_best_state_with_smaller_steps(
+    tiny_setup: tuple, backoff: float
+) -> None:
+    """Adam's first step after its moments are reset moves every weight by exactly its step size (the sign of its
+    gradient), so with an evaluation after every step that only worsens, the map scored at evaluation k is the start
+    moved by at most lr · backoff^(k-1) per weight: each evaluation sends training back to the start with half the step
+    size. With backoff 1 training goes on from where it is: by the second step it is further than one step size."""
+    _, _, encoded, through, init = tiny_setup
+    lr = 1e-3
+    config = replace(through.config, lr=lr, eval_every=1, patience=3, backoff=backoff, anchor=0.0)
+    seen: list[torch.Tensor] = []
+
+    def worsening(fn: Any) -> float:
+        seen.append(fn.weight.detach().clone())
+        return float(len(seen))
+
+    aligner = _copy_of(init)
+    report = replace(through, config=config).train(aligner, encoded, 2, 1, held_out=worsening)
+    assert report["steps"] == 3 and report["best_step"] == 0 and len(seen) == 4
+    moved = [float((w - seen[0]).abs().max()) for w in seen[1:]]
+    assert moved[0] == pytest.approx(lr, rel=1e-2)
+    if backoff < 1:
+        assert moved[1] == pytest.approx(lr * backoff, rel=1e-2) and moved[2] == pytest.approx(lr * backoff**2, rel=1e-2)
+    else:
+        assert moved[1] > 1.5 * lr
+    assert all(torch.equal(aligner.tensors[k], init.tensors[k]) for k in init.tensors)  # type: ignore[index]

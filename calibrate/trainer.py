@@ -15,12 +15,12 @@ are frozen (``frozen``) and never change. Adam (step sizes relative to each para
 seeded shuffles, held-out KL every ``eval_every`` steps, early stopping with the best held-out state kept, a
 wall-clock budget. An evaluation no better than the best sends training back to the best state with every step size
 multiplied by ``backoff`` (and Adam's moments reset): a step size too large for a map loses nothing but the steps
-since, instead of leaving the map where it diverged. With ``ema`` > 0 the map that is scored, kept and installed is an exponential moving average of
-the trained parameters (started at the least-squares map, updated after every step with weight 1 − ema). With
-``snap`` > 0 (``Through.train``) a map into the target's input embeddings is trained (and early-stopped) as it will
-be served with that snap weight: its outputs move ``snap`` of the way to their nearest embedding rows
-(``toward_vocabulary``), searched among the rows of the tokens the target cuts the calibration text into (a cheap
-stand-in for the whole table, which `fit` then uses to choose the served weight).
+since, instead of leaving the map where it diverged. With ``ema`` > 0 the map that is scored, kept and installed is
+an exponential moving average of the trained parameters (started at the least-squares map, updated after every step
+with weight 1 − ema). With ``snap`` > 0 (``Through.train``) a map into the target's input embeddings is trained (and
+early-stopped) as it will be served with that snap weight: its outputs move ``snap`` of the way to their nearest
+embedding rows (``toward_vocabulary``), searched among the rows of the tokens the target cuts the calibration text
+into (a cheap stand-in for the whole table, which `fit` then uses to choose the served weight).
 """
 
 from __future__ import annotations
@@ -88,7 +88,11 @@ def _raw(module: MapModule) -> dict[str, torch.Tensor]:
 
 
 def _back_to(
-    state: dict[str, torch.Tensor], module: MapModule, scored: MapModule, optimizer: torch.optim.Optimizer, factor: float
+    state: dict[str, torch.Tensor],
+    module: MapModule,
+    scored: MapModule,
+    optimizer: torch.optim.Optimizer,
+    factor: float,
 ) -> None:
     """Training goes back to ``state`` (the trained module and the scored one, its average where they differ), with
     every step size multiplied by ``factor`` and Adam's moments reset."""

@@ -9,7 +9,8 @@ by the ranking proxy (``fit --rank-by``: by default probes on another source tha
 training never sees); the best recipe then trains the start again, from the start, for the rest of its time. Pilots
 run only where the budget lets each reach ``PILOT_MIN_EVALS`` held-out evaluations at the measured speed of a
 training step (``pilots_fit``); otherwise ``unpiloted_recipe`` trains for all the time. Training keeps the state the
-ranking proxy scores best, and stops when it stops improving.
+ranking proxy scores best, goes back to it with smaller steps after an evaluation that does not improve on it
+(``TrainConfig.backoff``), and stops when it stops improving.
 
 ``Budget``: one direction's wall-clock budget (``fit --budget`` minutes), split into phases (screening the
 least-squares maps, pilots, training); the pilots get ``PILOT_SHARE`` of what is left when training begins, each

@@ -28,6 +28,7 @@ class MapModule(nn.Module):
         self.bias = nn.Parameter(bias.detach().to(torch.float32).clone())  # (d_tgt,)
         self.hidden = hidden
         self.in_scale: torch.Tensor | None = None  # set while training: see ``precondition``
+        self.out_scale: torch.Tensor | None = None
         self.mlp_in: nn.Linear | None = None
         self.mlp_out: nn.Linear | None = None
         if hidden:
@@ -43,33 +44,48 @@ class MapModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., d_src) -> (..., d_tgt)."""
-        scaled = x if self.in_scale is None else x / self.in_scale
-        y = torch.nn.functional.linear(scaled, self.weight, self.bias)
+        y = self.affine(x)
         if self.mlp_in is not None and self.mlp_out is not None:
             y = y + self.mlp_out(torch.nn.functional.gelu(self.mlp_in(self.mlp_input(x))))
         return y
+
+    def affine(self, x: torch.Tensor, scaled_out: bool = True) -> torch.Tensor:
+        """The affine part x Wᵀ + b (with ``scaled_out`` False and an output scale: before it multiplies)."""
+        scaled = x if self.in_scale is None else x / self.in_scale
+        y = torch.nn.functional.linear(scaled, self.weight, self.bias)
+        return y * self.out_scale if scaled_out and self.out_scale is not None else y
 
     @staticmethod
     def mlp_input(x: torch.Tensor) -> torch.Tensor:
         """What the residual MLP reads: x / rms(x), per row."""
         return x * torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + 1e-6)
 
-    def precondition(self, scale: torch.Tensor) -> None:
+    def precondition(self, scale: torch.Tensor, out: torch.Tensor | None = None) -> None:
         """Hold the weight as W·diag(``scale``) and divide inputs by ``scale`` (the same map): gradient steps that are
         the same size for every entry (Adam's) then move each input dimension's share of the output alike, however
-        large that dimension runs (hidden states carry a few dimensions hundreds of times larger than the rest)."""
+        large that dimension runs (hidden states carry a few dimensions hundreds of times larger than the rest). With
+        ``out`` (one scale per output dimension) also hold W and b divided by it row by row and multiply the affine
+        part's outputs by it: each output dimension then moves by steps of its own size."""
         if self.in_scale is not None:
             raise RuntimeError("this module is already preconditioned")
         with torch.no_grad():
             self.weight.mul_(scale)
+            if out is not None:
+                self.weight.div_(out[:, None])
+                self.bias.div_(out)
         self.in_scale = scale.detach().to(self.weight.device, torch.float32)
+        if out is not None:
+            self.out_scale = out.detach().to(self.weight.device, torch.float32)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The parameters as a flat dict of detached CPU float32 tensors (``weight``, ``bias``, ``mlp_*``), the weight
-        as the map applies it to unscaled inputs."""
+        and bias as the map applies them to unscaled inputs, unscaled outputs."""
         out = {name: p.detach().to("cpu", torch.float32).clone() for name, p in self.named_parameters()}
         if self.in_scale is not None:
             out["weight"] = out["weight"] / self.in_scale.cpu()
+        if self.out_scale is not None:
+            out["weight"] = out["weight"] * self.out_scale.cpu()[:, None]
+            out["bias"] = out["bias"] * self.out_scale.cpu()
         return out
 
     @classmethod

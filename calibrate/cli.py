@@ -390,6 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
         "multiplies every step size by this (Adam's moments reset); in (0, 1], 1 = never go back "
         "(default %(default)s)",
     )
+    train.add_argument(
+        "--row-steps",
+        action="store_true",
+        help="with --lr auto, step sizes per output dimension of a map (its weight and bias held divided by each "
+        "output dimension's RMS), not one per tensor: for targets whose states carry a few dimensions far larger "
+        "than the rest",
+    )
     _option(
         train,
         FitConfig,

@@ -152,6 +152,7 @@ class FitConfig(ModelOptions):
     anchor: float | None = None  # None: searched (``calibrate.search``)
     ema: float = 0.0
     backoff: float = 0.5
+    row_steps: bool = False
     train_snap: float | str = 0.0
 
     def __post_init__(self) -> None:

@@ -331,6 +331,7 @@ def train_config(config: FitConfig) -> TrainConfig:
         anchor=config.anchor or 0.0,
         ema=config.ema,
         backoff=config.backoff,
+        row_steps=config.row_steps,
         heldout_probes=max(1, config.proxy_probes),
         seed=config.seed,
     )

@@ -63,9 +63,12 @@ def step_sizes(module: MapModule, x: torch.Tensor, rel: float) -> list[dict[str,
     zero-initialised MLP output layer, the RMS that maps its input to the outputs' scale); for a bias, the RMS of
     what it adds to (the map's outputs on ``x``; the MLP's pre-activations). With a preconditioned module
     (``MapModule.precondition`` by each input dimension's RMS) the weight's steps are also alike across input
-    dimensions of any size, and training is invariant to rescaling any of them."""
+    dimensions of any size, and training is invariant to rescaling any of them; preconditioned by each output
+    dimension's RMS too, every output dimension moves by steps of its own size (the affine part's bias by the RMS of
+    what it adds to before the output scale)."""
     with torch.no_grad():
         out = _rms(module(x))
+        inner = _rms(module.affine(x, scaled_out=False))
         hidden = None
         if module.mlp_in is not None:
             pre = module.mlp_in(module.mlp_input(x))
@@ -73,7 +76,7 @@ def step_sizes(module: MapModule, x: torch.Tensor, rel: float) -> list[dict[str,
     groups = []
     for name, p in module.named_parameters():
         if name.endswith("bias"):
-            scale = hidden[0] if name == "mlp_in.bias" and hidden else out
+            scale = inner if name == "bias" else hidden[0] if name == "mlp_in.bias" and hidden else out
         elif name == "mlp_out.weight" and hidden:
             scale = out / (hidden[1] * p.shape[1] ** 0.5)
         else:
@@ -106,10 +109,16 @@ def _back_to(
 
 def make_optimizer(module: MapModule, sample: torch.Tensor, cfg: TrainConfig) -> torch.optim.Adam:
     """Adam for ``module``: with ``cfg.lr``, one step size for every parameter; without, the module preconditioned by
-    each input dimension's RMS on ``sample`` (source states) and step sizes relative to each parameter's scale."""
+    each input dimension's RMS on ``sample`` (source states), with ``cfg.row_steps`` also by each output dimension's
+    RMS of the map's outputs on it, and step sizes relative to each parameter's scale."""
     if cfg.lr is not None:
         return torch.optim.Adam(module.parameters(), lr=cfg.lr)
-    module.precondition(sample.float().square().mean(dim=0).sqrt().clamp_min(1e-6))
+    out = None
+    if cfg.row_steps:
+        with torch.no_grad():
+            rms = module(sample.float()).square().mean(dim=0).sqrt()
+        out = rms.clamp_min(1e-6 * float(rms.max()) + 1e-12)
+    module.precondition(sample.float().square().mean(dim=0).sqrt().clamp_min(1e-6), out)
     return torch.optim.Adam(step_sizes(module, sample.float(), cfg.lr_rel))
 
 
@@ -126,6 +135,7 @@ class TrainConfig:
     anchor: float = 0.0
     ema: float = 0.0  # 0: the trained parameters themselves; else their moving average with this decay per step
     backoff: float = 0.5  # on a held-out evaluation no better than the best: back to the best state, steps × this
+    row_steps: bool = False  # step sizes per output dimension (``make_optimizer``), not one per weight tensor
     top_k: int = 64
     heldout_probes: int = 48
     seed: int = 0

@@ -431,14 +431,40 @@ def test_auto_step_sizes_make_training_invariant_to_the_scale_of_the_states(hidd
     assert not torch.allclose(train(c, k, 2e-3), train(torch.ones(8), 1.0, 2e-3), rtol=1e-2, atol=1e-3)
 
 
-def test_a_preconditioned_module_is_the_same_map_and_saves_unscaled() -> None:
+@pytest.mark.parametrize("rows", [False, True])
+def test_a_preconditioned_module_is_the_same_map_and_saves_unscaled(rows: bool) -> None:
     gen = torch.Generator().manual_seed(1)
     module = MapModule(torch.randn(4, 8, generator=gen), torch.randn(4, generator=gen), hidden=16)
     x = torch.randn(5, 8, generator=gen) * torch.tensor([900.0, 1, 1, 1, 2, 1, 1, 1])
     before, saved = module(x).detach(), module.tensors()
-    module.precondition(x.square().mean(dim=0).sqrt())
+    module.precondition(x.square().mean(dim=0).sqrt(), torch.tensor([300.0, 1, 0.01, 2]) if rows else None)
     torch.testing.assert_close(module(x).detach(), before, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(module.tensors()["weight"], saved["weight"])
+    for name in ("weight", "bias"):
+        torch.testing.assert_close(module.tensors()[name], saved[name])
+
+
+def test_row_steps_make_training_invariant_to_the_scale_of_each_output_dimension() -> None:
+    """Target dimensions of very different sizes (one 300x the others, as a few dimensions of a model's states run),
+    each scored relative to its size: with step sizes per output dimension the map trains to the same outputs,
+    rescaled, as with all dimensions alike; with one step size per tensor it does not."""
+    gen = torch.Generator().manual_seed(0)
+    x, want = torch.randn(64, 8, generator=gen), torch.randn(64, 4, generator=gen)
+    w, b = torch.randn(4, 8, generator=gen) * 0.3, torch.randn(4, generator=gen) * 0.1
+    k = torch.tensor([300.0, 1.0, 0.05, 2.0])  # per output dimension
+
+    def train(k: torch.Tensor, rows: bool) -> torch.Tensor:
+        module = MapModule(w * k[:, None], b * k)
+        opt = make_optimizer(module, x, TrainConfig(row_steps=rows))
+        for _ in range(5):
+            loss = (module(x) / k - want).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return module(x).detach() / k
+
+    ones = torch.ones(4)
+    torch.testing.assert_close(train(k, True), train(ones, True), rtol=1e-3, atol=1e-4)
+    assert not torch.allclose(train(k, False), train(ones, False), rtol=1e-2, atol=1e-3)
 
 
 def test_the_held_out_score_given_picks_the_state_kept_and_when_to_stop(tiny_setup: tuple) -> None:

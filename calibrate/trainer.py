@@ -90,6 +90,12 @@ def _raw(module: MapModule) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+def _installed(module: MapModule, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``module`` set to ``state`` (as ``_raw`` copied it); its parameters as the map file holds them (unscaled)."""
+    module.load_state_dict(state)
+    return module.tensors()
+
+
 def _back_to(
     state: dict[str, torch.Tensor],
     module: MapModule,
@@ -113,13 +119,14 @@ def make_optimizer(module: MapModule, sample: torch.Tensor, cfg: TrainConfig) ->
     RMS of the map's outputs on it, and step sizes relative to each parameter's scale."""
     if cfg.lr is not None:
         return torch.optim.Adam(module.parameters(), lr=cfg.lr)
+    x = sample.float()
     out = None
     if cfg.row_steps:
         with torch.no_grad():
-            rms = module(sample.float()).square().mean(dim=0).sqrt()
+            rms = module(x).square().mean(dim=0).sqrt()
         out = rms.clamp_min(1e-6 * float(rms.max()) + 1e-12)
-    module.precondition(sample.float().square().mean(dim=0).sqrt().clamp_min(1e-6), out)
-    return torch.optim.Adam(step_sizes(module, sample.float(), cfg.lr_rel))
+    module.precondition(x.square().mean(dim=0).sqrt().clamp_min(1e-6), out)
+    return torch.optim.Adam(step_sizes(module, x, cfg.lr_rel))
 
 
 @dataclass
@@ -424,7 +431,7 @@ class Through:
         with frozen(self.target.model):
             best = held_score(served(scored))
             curve.append({"step": 0, "heldout_kl": best, "train_kl": float("nan"), "seconds": 0.0})
-            best_state, best_raw = scored.tensors(), _raw(scored)
+            best_raw = _raw(scored)
             stale, step = 0, 0
             order: list[int] = []
             bar = tqdm(total=max_steps, desc=f"distill {label}".strip(), unit="step", leave=False)
@@ -462,8 +469,7 @@ class Through:
                     )
                     bar.set_postfix_str(f"train KL {train_kl:.3f} held-out KL {held:.3f} (best {min(best, held):.3f})")
                     if held < best:
-                        best, best_state, stale = held, scored.tensors(), 0
-                        best_raw = _raw(scored)
+                        best, best_raw, stale = held, _raw(scored), 0
                     else:
                         stale += 1
                         if cfg.backoff < 1:
@@ -474,7 +480,7 @@ class Through:
         seconds = time.perf_counter() - started
         best_step = min(curve, key=lambda c: c["heldout_kl"])["step"]
         aligner.set_module(
-            MapModule.from_tensors(best_state, aligner.hidden),
+            MapModule.from_tensors(_installed(scored, best_raw), aligner.hidden),
             {
                 "train_steps": float(step),
                 "best_step": float(best_step),

@@ -70,9 +70,10 @@ default-maps: models
 ## the lowest proxy KL (`fit`'s default `--snap` candidates).
 ## HAND keeps the full stores.
 HAND := /tmp/interlingua-hand-maps
-## The defaults of that time pinned: no other-source proxy, `end` pairing, no anchor, one relative step size, snap up to 1.
+## The defaults of that time pinned: no other-source proxy, `end` pairing, no anchor, one relative step size per
+## tensor, training that never goes back to its best state, snap up to 1.
 FIT := $(PY) -m calibrate fit --data builtin:fictional-qa,builtin:python-docs --samples 1000 --directions forward \
-	--proxy-data none --pairing end --anchor 0 --lr-rel 0.015 --snap 0,0.25,0.5,0.75,1
+	--proxy-data none --pairing end --anchor 0 --lr-rel 0.015 --no-row-steps --backoff 1 --snap 0,0.25,0.5,0.75,1
 S2G := $(FIT) --source smollm2 --target gemma3 --train-batch 2 --proxy-probes 24
 hand-maps: models
 	$(S2G) --layers 2,4,8 --target-layers 0,4 --full --sampled 0 --methods linear,distill --train-minutes 12 \

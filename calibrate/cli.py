@@ -390,12 +390,15 @@ def build_parser() -> argparse.ArgumentParser:
         "multiplies every step size by this (Adam's moments reset); in (0, 1], 1 = never go back "
         "(default %(default)s)",
     )
-    train.add_argument(
+    _option(
+        train,
+        FitConfig,
         "--row-steps",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         help="with --lr auto, step sizes per output dimension of a map (its weight and bias held divided by each "
-        "output dimension's RMS), not one per tensor: for targets whose states carry a few dimensions far larger "
-        "than the rest",
+        "output dimension's RMS), not one per tensor: targets whose states carry a few dimensions far larger than the "
+        "rest otherwise move their typical dimensions by large relative steps (default on; --no-row-steps: one step "
+        "size per tensor)",
     )
     _option(
         train,

@@ -19,6 +19,7 @@ from typing import Any
 from calibrate.layers import AUTO, parse_layer_groups, parse_layers, parse_snaps, parse_train_snap
 from calibrate.probes import PROBE_KINDS
 from calibrate.sweep import METHODS, PAIRINGS, Group, SweepOptions
+from calibrate.trainer import TrainConfig
 from service.runtime.convert import cache_home
 from service.runtime.handover import GRIDS
 from service.runtime.modes import HandoverMode, get_mode, parse_handover_modes
@@ -150,9 +151,9 @@ class FitConfig(ModelOptions):
     train_minutes: float | None = None  # None: an equal share of what ``budget`` leaves for training
     budget: float = 45.0  # minutes per direction: probes, screening, pilots and training
     anchor: float | None = None  # None: searched (``calibrate.search``)
-    ema: float = 0.0
-    backoff: float = 0.5
-    row_steps: bool = False
+    ema: float = TrainConfig.ema
+    backoff: float = TrainConfig.backoff
+    row_steps: bool = TrainConfig.row_steps
     train_snap: float | str = 0.0
 
     def __post_init__(self) -> None:

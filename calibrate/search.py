@@ -2,7 +2,8 @@
 
 For each way of entering the target (its input embeddings; a deeper layer) ``fit`` trains the best least-squares start
 (``calibrate.sweep.rank_starts``). How to train it is searched unless the user fixes it: the step size (relative to
-each parameter's scale, ``TrainConfig.lr_rel``; a fixed ``--lr`` is not searched) and the anchor to the least-squares
+each parameter's scale, per input and output dimension, ``TrainConfig.lr_rel`` and ``TrainConfig.row_steps``; a fixed
+``--lr`` is not searched) and the anchor to the least-squares
 start (``--anchor``). Coordinate by coordinate: each step size in ``LR_RELS`` without an anchor, then each anchor in
 ``ANCHORS`` at the best step size. Every recipe trains the same start for the same short time (a pilot) and is scored
 by the ranking proxy (``fit --rank-by``: by default probes on another source than the calibration text, which the

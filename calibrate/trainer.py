@@ -142,7 +142,7 @@ class TrainConfig:
     anchor: float = 0.0
     ema: float = 0.0  # 0: the trained parameters themselves; else their moving average with this decay per step
     backoff: float = 0.5  # on a held-out evaluation no better than the best: back to the best state, steps × this
-    row_steps: bool = False  # step sizes per output dimension (``make_optimizer``), not one per weight tensor
+    row_steps: bool = True  # step sizes per output dimension (``make_optimizer``), not one per weight tensor
     top_k: int = 64
     heldout_probes: int = 48
     seed: int = 0

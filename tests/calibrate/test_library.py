@@ -11,6 +11,8 @@ import pytest
 from aligners.store import best_first, same_map
 from calibrate import ConfigError, EvalConfig, FitConfig, FitResult, evaluate, fit
 from calibrate.cli import _config, build_parser
+from calibrate.pipeline import train_config
+from calibrate.trainer import TrainConfig
 
 
 def tiny_fit(tiny_dirs: dict[str, Path], tmp_path: Path, **options: object) -> FitResult:
@@ -100,6 +102,18 @@ def test_cli_defaults_are_the_configs_defaults(command: str, cls: type) -> None:
     args = build_parser().parse_args([command, *required])
     given = {"fit": {"source": "a", "target": "b"}, "eval": {"maps": "m"}}[command]
     assert _config(cls, args) == cls(**given)
+
+
+def test_fit_trains_with_the_trainers_defaults_unless_told_otherwise() -> None:
+    """A default ``fit`` trains as ``TrainConfig()`` does (step sizes per output dimension, going back to the best
+    state with half the step size); ``--no-row-steps --backoff 1`` is the trainer of the fourteenth round."""
+    required = ["fit", "--source", "a", "--target", "b"]
+    default = train_config(_config(FitConfig, build_parser().parse_args(required)))
+    trainer = TrainConfig()
+    assert (default.row_steps, default.backoff, default.ema) == (trainer.row_steps, trainer.backoff, trainer.ema)
+    assert default.row_steps and default.backoff == 0.5
+    old = train_config(_config(FitConfig, build_parser().parse_args([*required, "--no-row-steps", "--backoff", "1"])))
+    assert (old.row_steps, old.backoff) == (False, 1.0)
 
 
 def test_one_ranking_rule_puts_the_lowest_kl_and_the_highest_f1_first() -> None:

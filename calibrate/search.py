@@ -1,17 +1,16 @@
 """What ``fit`` chooses by itself, and the time it may take: training recipes tried in short pilots, and a budget.
 
 For each way of entering the target (its input embeddings; a deeper layer) ``fit`` trains the best least-squares start
-(``calibrate.sweep.rank_starts``). How to train it is searched unless the user fixes it: the step size (relative to
-each parameter's scale, per input and output dimension, ``TrainConfig.lr_rel`` and ``TrainConfig.row_steps``; a fixed
-``--lr`` is not searched) and the anchor to the least-squares
-start (``--anchor``). Coordinate by coordinate: each step size in ``LR_RELS`` without an anchor, then each anchor in
-``ANCHORS`` at the best step size. Every recipe trains the same start for the same short time (a pilot) and is scored
-by the ranking proxy (``fit --rank-by``: by default probes on another source than the calibration text, which the
-training never sees); the best recipe then trains the start again, from the start, for the rest of its time. Pilots
-run only where the budget lets each reach ``PILOT_MIN_EVALS`` held-out evaluations at the measured speed of a
-training step (``pilots_fit``); otherwise ``unpiloted_recipe`` trains for all the time. Training keeps the state the
-ranking proxy scores best, goes back to it with smaller steps after an evaluation that does not improve on it
-(``TrainConfig.backoff``), and stops when it stops improving.
+(``calibrate.sweep.rank_starts``). How to train it is searched unless the user fixes it: the step size (relative to each
+parameter's scale, per input and output dimension, ``TrainConfig.lr_rel`` and ``TrainConfig.row_steps``; a fixed
+``--lr`` is not searched) and the anchor to the least-squares start (``--anchor``). Coordinate by coordinate: each step
+size in ``LR_RELS`` without an anchor, then each anchor in ``ANCHORS`` at the best step size. Every recipe trains the
+same start for the same short time (a pilot) and is scored by the ranking proxy (``fit --rank-by``: by default probes on
+another source than the calibration text, which the training never sees); the best recipe then trains the start again,
+from the start, for the rest of its time. Pilots run only where the budget lets each reach ``PILOT_MIN_EVALS`` held-out
+evaluations at the measured speed of a training step (``pilots_fit``); otherwise ``unpiloted_recipe`` trains for all the
+time. Training keeps the state the ranking proxy scores best, goes back to it with smaller steps after an evaluation
+that does not improve on it (``TrainConfig.backoff``), and stops when it stops improving.
 
 ``Budget``: one direction's wall-clock budget (``fit --budget`` minutes), split into phases (screening the
 least-squares maps, pilots, training); the pilots get ``PILOT_SHARE`` of what is left when training begins, each

@@ -106,7 +106,8 @@ def test_cli_defaults_are_the_configs_defaults(command: str, cls: type) -> None:
 
 def test_fit_trains_with_the_trainers_defaults_unless_told_otherwise() -> None:
     """A default ``fit`` trains as ``TrainConfig()`` does (step sizes per output dimension, going back to the best
-    state with half the step size); ``--no-row-steps --backoff 1`` is the trainer of the fourteenth round."""
+    state with half the step size); ``--no-row-steps --backoff 1`` is the trainer before them, the one
+    ``make hand-maps`` pins."""
     required = ["fit", "--source", "a", "--target", "b"]
     default = train_config(_config(FitConfig, build_parser().parse_args(required)))
     trainer = TrainConfig()

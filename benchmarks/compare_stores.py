@@ -5,7 +5,9 @@ default map, as ``/generate`` does with no map named), QA EM/F1 on ``--samples``
 of the stores was calibrated on), % of native F1, QA-context CBR and plain-text CBR on ``--text-samples`` passages
 of ``--text-data``; the baselines (native, question alone, the source model answering itself) once, for every row;
 and each row's identity control (the target handing its own states to itself in the same mode and layer: what the
-mode itself costs, whatever the map).
+mode itself costs, whatever the map). With several stores, each mode's F1 difference from the first store's map,
+paired over the same items, with a 95% bootstrap interval (``calibrate.scoring.paired_difference``): an interval that
+holds 0 says these items do not tell the two maps apart.
 
     python benchmarks/compare_stores.py --maps new=/tmp/maps --maps shipped=service/default_maps \
         --pair smollm2__gemma3 --data builtin:letters-qa --text-data builtin:stdlib-docs --samples 40
@@ -22,6 +24,7 @@ from typing import Any
 from aligners.resolve import choose
 from aligners.store import MapNotFoundError, MapStore
 from calibrate.evaluation import Bench, _maps_for, baselines, ratio, translated_builder
+from calibrate.scoring import paired_difference
 from calibrate.sources import read_items
 from service.runtime.generate import SamplingParams
 from service.runtime.loading import load_model
@@ -63,7 +66,7 @@ def main() -> int:
             maps = _maps_for(store, source, target, key, mode)
             assert maps is not None
             builder = translated_builder(source, target, mode, maps)
-            scores = bench.qa(builder)
+            scores, f1_items = bench.qa_per_item(builder)
             text_nll = bench.text_nll(builder)
             snap = maps[-1].aligner.fit_info.get("snap", 0.0) if key.target_layer == 0 else None
             rows.append(
@@ -77,6 +80,7 @@ def main() -> int:
                     "identity_f1": bench.identity(mode, mode.injects_at(key.target_layer))["f1"],
                     "qa_cbr": ratio(base["none"]["nll"], scores["nll"], native["nll"]),
                     "text_cbr": ratio(base["text"]["none"], text_nll, base["text"]["native"]),
+                    "f1_items": f1_items,
                 }
             )
 
@@ -92,6 +96,16 @@ def main() -> int:
             f"| {r['store']} | {r['mode']} | {r['map']} | {r['em']:.1f} | {r['f1']:.1f} | {100 * r['of_native']:.0f}% "
             f"| {r['identity_f1']:.1f} | {r['qa_cbr']:.2f} | {r['text_cbr']:.2f} |"
         )
+    first = next(iter(stores))
+    for r in rows:
+        ref = next((x for x in rows if x["store"] == first and x["mode"] == r["mode"]), None)
+        if r["store"] != first and ref is not None:
+            mean, low, high = paired_difference(ref["f1_items"], r["f1_items"])
+            r["f1_vs_first"] = {"store": first, "mean": mean, "low": low, "high": high}
+            print(
+                f"{r['mode']}: {r['store']} − {first} F1 {mean:+.1f} (95% interval {low:+.1f} to {high:+.1f}, paired "
+                f"bootstrap over {len(items)} items)"
+            )
     if args.out:
         Path(args.out).write_text(json.dumps({"baselines": base, "rows": rows}, indent=1))
     return 0

@@ -87,6 +87,12 @@ class Bench:
 
     def qa(self, builder: PromptBuilder, items: list[Item] | None = None, with_nll: bool = True) -> dict[str, float]:
         """QA EM/F1 (and, ``with_nll``, the continuation NLL) of one condition over ``items`` (default all)."""
+        return self.qa_per_item(builder, items, with_nll)[0]
+
+    def qa_per_item(
+        self, builder: PromptBuilder, items: list[Item] | None = None, with_nll: bool = True
+    ) -> tuple[dict[str, float], list[float]]:
+        """``qa``'s scores and each item's F1, in order (for paired comparisons of conditions on the same items)."""
         items = self.items if items is None else items
         em, f1, nll = [], [], []
         for start in range(0, len(items), self.batch_size):
@@ -102,7 +108,7 @@ class Bench:
         scores = {"em": sum(em) / n, "f1": sum(f1) / n, "n": float(len(items))}
         if with_nll:
             scores["nll"] = sum(nll) / n
-        return scores
+        return scores, f1
 
     def text_nll(self, builder: PromptBuilder) -> float:
         """Mean continuation NLL over the plain texts: the first part handed over (by ``builder``), the rest scored."""

@@ -97,8 +97,9 @@ def main() -> int:
             f"| {r['identity_f1']:.1f} | {r['qa_cbr']:.2f} | {r['text_cbr']:.2f} |"
         )
     first = next(iter(stores))
+    firsts = {r["mode"]: r for r in rows if r["store"] == first}
     for r in rows:
-        ref = next((x for x in rows if x["store"] == first and x["mode"] == r["mode"]), None)
+        ref = firsts.get(r["mode"])
         if r["store"] != first and ref is not None:
             mean, low, high = paired_difference(ref["f1_items"], r["f1_items"])
             r["f1_vs_first"] = {"store": first, "mean": mean, "low": low, "high": high}

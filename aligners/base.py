@@ -4,6 +4,11 @@ An aligner follows scikit-learn's contract: ``__init__`` stores typed keyword hy
 sets fitted tensors and returns ``self``, ``transform(X)`` maps (n, d_src) -> (n, d_tgt). Every map in this package
 is affine once fitted (a LoRA adapter on an affine base included), so ``transform`` applies one cached (weight, bias)
 pair cast to the input's device and dtype; the families differ only in how they fit and what they store.
+
+A map into a layer above the target's input embeddings may carry a ``readout``: an affine map from the same source
+states into the target's input embeddings (the map ``fit`` trained into layer 0 from the same source layers). It
+reads the token-identity part of the handed-over states, which the target's residual stream carries up unchanged,
+so that a snap toward the target's vocabulary can correct it at any layer (``service.runtime.snap``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class Aligner:
         self.fit_info: dict[str, float] = {}
         self.d_src = 0
         self.d_tgt = 0
+        self.readout: tuple[torch.Tensor, torch.Tensor] | None = None  # (weight (d_tgt, d_src), bias (d_tgt,))
         self._cast: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     # --- subclass hooks -------------------------------------------------------------------------------------------
@@ -69,6 +75,24 @@ class Aligner:
             raise ValueError(f"X has width {x.shape[1]}, but this map was fitted for width d_src={self.d_src}")
         weight, bias = self.affine_on(x.device, compute_dtype(x))
         return torch.addmm(bias, x.to(weight.dtype), weight.T).to(x.dtype)
+
+    def read_tokens(self, X: torch.Tensor) -> torch.Tensor:  # noqa: N803
+        """The ``readout``'s input embeddings for X (n, d_src) -> (n, d_tgt), in X's dtype (computed in float32)."""
+        if self.readout is None:
+            raise ValueError(f"this {type(self).__name__} has no readout into the target's input embeddings")
+        weight, bias = self.readout
+        x = check_matrix(X, "X")
+        out = torch.addmm(bias.to(x.device, torch.float32), x.float(), weight.to(x.device, torch.float32).T)
+        return out.to(x.dtype)
+
+    def set_readout(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Carry a readout into the target's input embeddings (an affine map of this map's own input width)."""
+        if tuple(weight.shape) != (self.d_tgt, self.d_src) or tuple(bias.shape) != (self.d_tgt,):
+            raise ValueError(
+                f"a readout for this {self.d_src}->{self.d_tgt} map needs weight ({self.d_tgt}, {self.d_src}) and bias "
+                f"({self.d_tgt},), got {tuple(weight.shape)} and {tuple(bias.shape)}"
+            )
+        self.readout = (weight.detach().float().cpu(), bias.detach().float().cpu())
 
     def __call__(self, X: torch.Tensor) -> torch.Tensor:  # noqa: N803
         return self.transform(X)

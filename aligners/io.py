@@ -8,7 +8,8 @@ Header keys written by ``save``:
     d_src, d_tgt    widths of the map
     fit_info        JSON of the fit information (chosen λ, held-out errors, sample count, ...)
     meta.<key>      JSON of each caller-supplied metadata value (models, fingerprints, layers, data, metrics, ...)
-Tensors are the aligner's fitted state under their own names. Nothing is pickled.
+Tensors are the aligner's fitted state under their own names, and a readout's (``Aligner.readout``) as
+``readout.weight`` and ``readout.bias``. Nothing is pickled.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 FORMAT = "interlingua.aligner"
 FORMAT_VERSION = "1"
+READOUT = ("readout.weight", "readout.bias")
 META_PREFIX = "meta."
 
 
@@ -56,6 +58,8 @@ def save(aligner: Aligner, path: str | os.PathLike[str], metadata: dict[str, Any
         except TypeError as err:
             raise TypeError(f"metadata value for {key!r} is not JSON-serialisable: {err}") from None
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in aligner.tensors.items()}
+    if aligner.readout is not None:
+        tensors.update({name: t.contiguous() for name, t in zip(READOUT, aligner.readout, strict=True)})
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
     save_file(tensors, tmp, metadata=header)
@@ -93,7 +97,12 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tu
         aligner = REGISTRY[kind](**params)
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        readout = [tensors.pop(name) for name in READOUT if name in tensors]
         aligner.set_state(tensors, d_src, d_tgt)
+        if readout:
+            if len(readout) != len(READOUT):
+                raise ValueError(f"a readout needs both {' and '.join(READOUT)}")
+            aligner.set_readout(*readout)
     except MapFileError:
         raise
     except Exception as err:

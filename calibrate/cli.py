@@ -223,8 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
         FitConfig,
         "--snap",
         help="for maps into the target's input embeddings (layer 0): how far the served states move toward the "
-        "target's nearest embedding rows (0 = as mapped, 1 = the row itself); comma-separated candidates, the one "
-        "with the lowest proxy KL is stored with the map (the first without --proxy-probes); default %(default)s",
+        "target's nearest embedding rows (0 = as mapped, 1 = the row itself); trained maps into a deeper layer carry "
+        "the trained map into layer 0 from their source layers as a readout and move their states by the same "
+        "correction; comma-separated candidates, the one with the lowest proxy KL is stored with the map (the first "
+        "without --proxy-probes); default %(default)s",
     )
     _option(
         fit,
@@ -462,8 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
         ev,
         EvalConfig,
         "--snap",
-        help="snap weights to evaluate the maps into layer 0 with instead of each map's own (comma-separated, one row "
-        "each, e.g. 0,0.5,1: how far the states move toward the target's nearest rows); default: each map's",
+        help="snap weights to evaluate the maps into layer 0 (and deeper maps with a readout) with instead of each "
+        "map's own (comma-separated, one row each, e.g. 0,0.5,1: how far the states move toward the target's nearest "
+        "rows); default: each map's",
     )
     ev.add_argument(
         "--chat",

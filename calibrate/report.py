@@ -58,9 +58,10 @@ def fit_markdown(
         "",
         "proxy KL: held-out KL (nats per probe token) of the target's next-token distributions after the handover "
         "against reading the text itself; lower is better, 0 = nothing lost. snap: the share of the way the map's "
-        "states move toward the target's nearest embedding rows (maps into layer 0), chosen by the ranking proxy (fit "
-        "--rank-by). pairing: how tokens were paired across the tokenizers (maps into layer 0: the one the ranking "
-        "proxy scored lower)."
+        "states move toward the target's nearest embedding rows (maps into layer 0; a trained map into a deeper layer "
+        "moves by the same correction, read out by the map into layer 0 from its source layers), chosen by the "
+        "ranking proxy (fit --rank-by). pairing: how tokens were paired across the tokenizers (maps into layer 0: the "
+        "one the ranking proxy scored lower)."
         + (
             " proxy KL, other source: the same on probes of passages from a source the maps were not calibrated on "
             "(fit --proxy-data), each map as served."

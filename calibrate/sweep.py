@@ -190,9 +190,9 @@ class Judge:
         return self.through.score(aligner, self.encoded, ls, lt, snap)
 
     def choose_snap(
-        self, aligner: Aligner, ls: int | Group, snaps: tuple[float, ...], kl0: float
+        self, aligner: Aligner, ls: int | Group, snaps: tuple[float, ...], kl0: float, lt: int = 0
     ) -> tuple[float, dict[float, float]]:
-        return self.through.choose_snap(aligner, self.encoded, ls, list(snaps), kl0)
+        return self.through.choose_snap(aligner, self.encoded, ls, list(snaps), kl0, lt)
 
     def held_kl(self, map_fn: Any, ls: int | Group, lt: int) -> float:
         """The score of a map function (a map being trained, as served)."""
@@ -264,23 +264,23 @@ def score_proxies(
     unsnapped: dict[str, float] | None = None,
     every: bool = False,
 ) -> None:
-    """The proxies of a candidate map as it will be served, into ``scores``: for a map into layer 0 first the snap
-    weight among ``opts.snaps`` the ranking proxy scores lowest (stored in the map, ``fit_info["snap"]``; the first
-    weight where nothing scores), then the proxies at that weight: the ranking one, and with ``every`` (or
-    ``opts.both_proxies``) the other too. ``proxy`` is the ranking proxy's score (what ranks maps and picks
-    defaults), ``proxy_no_snap`` its score without a snap. ``unsnapped``: proxies already measured without a snap
-    (not measured again)."""
+    """The proxies of a candidate map as it will be served, into ``scores``: for a map into layer 0 (or a deeper one
+    with a readout into it, ``carry_readout``) first the snap weight among ``opts.snaps`` the ranking proxy scores
+    lowest (stored in the map, ``fit_info["snap"]``; the first weight where nothing scores), then the proxies at that
+    weight: the ranking one, and with ``every`` (or ``opts.both_proxies``) the other too. ``proxy`` is the ranking
+    proxy's score (what ranks maps and picks defaults), ``proxy_no_snap`` its score without a snap. ``unsnapped``:
+    proxies already measured without a snap (not measured again)."""
     judges = {} if (ls, lt) in d.helpers else d.judges()  # helper maps are never candidates: no proxy
     if not (every or opts.both_proxies):
         judges = {name: j for name, j in judges.items() if name == opts.rank_by}
     known = unsnapped or {}
     weight = 0.0
-    if lt == 0:
+    if lt == 0 or aligner.readout is not None:
         weight = opts.snaps[0]
         if opts.rank_by in judges:
             judge = judges[opts.rank_by]
-            k0 = known[opts.rank_by] if opts.rank_by in known else judge.score(aligner, ls, 0)
-            weight, kls = judge.choose_snap(aligner, ls, opts.snaps, k0)
+            k0 = known[opts.rank_by] if opts.rank_by in known else judge.score(aligner, ls, lt)
+            weight, kls = judge.choose_snap(aligner, ls, opts.snaps, k0, lt)
             scores["proxy_no_snap"], scores[opts.rank_by] = k0, kls[weight]
         aligner.fit_info["snap"] = weight
         scores["snap"] = weight
@@ -474,13 +474,25 @@ def choose_recipe(
     return Recipe(best["lr_rel"], best["anchor"], best["lr"]), tried
 
 
+def carry_readout(aligner: Aligner, into_embeddings: Aligner | None) -> None:
+    """Give a map into a deeper layer the map into layer 0 from the same source layers as its readout
+    (``Aligner.readout``), so that the snap toward the target's vocabulary that map is served with can be carried up
+    the residual stream; nothing when there is none, or it is not affine (a residual MLP)."""
+    if into_embeddings is None or (isinstance(into_embeddings, Distill) and into_embeddings.hidden):
+        return
+    weight, bias = into_embeddings.affine_on(torch.device("cpu"), torch.float32)
+    aligner.set_readout(weight, bias)
+
+
 def train_best(
     d: Direction, through: Through, data: Pairs, opts: SweepOptions, fitted: list[MapResult] | None = None
 ) -> list[MapResult]:
     """Train each trained kind through the target from the best least-squares starts (``rank_starts``), with the
     recipe its pilots chose (``choose_recipe``; none where ``opts`` fixes it), score and save it. A map into layer 0
     is trained as served with the snap weight ``opts.train_snap`` (``AUTO``: the weight chosen for its start; a weight
-    of 1 trains it unsnapped, since no gradient passes a full snap)."""
+    of 1 trains it unsnapped, since no gradient passes a full snap). A map into a deeper layer carries the trained
+    map into layer 0 from its source layers as its readout (``carry_readout``; maps into layer 0 train first), and
+    gets the snap weight the ranking proxy scores lowest with it."""
     src, tgt = d.src, d.tgt
     fit_idx, _ = d.split(opts.seed)
     with d.phase("least squares and screening"):
@@ -511,6 +523,7 @@ def train_best(
             print(no_pilots, file=sys.stderr)
             pilots, pilot_s = 0, 0.0
     results = []
+    into_embeddings: dict[tuple[str, Group], Aligner] = {}  # the trained maps into layer 0, by method and source layers
     for i, (method, s) in enumerate(jobs):
         ls, lt = s.ls, s.lt
         x, y, xh, yh = data[(ls, lt)]
@@ -527,6 +540,10 @@ def train_best(
         with d.phase("training"):
             aligner, report, weight = train_one(d, through, data, method, s, opts, recipe, seconds)
         seconds = time.perf_counter() - start
+        if lt == 0:
+            into_embeddings[(method, ls)] = aligner
+        else:
+            carry_readout(aligner, into_embeddings.get((method, ls)))
         with d.phase("least squares and screening"):
             scores = metrics.evaluate(aligner.transform(xh), yh, target_mean=y.mean(dim=0)) if len(xh) > 1 else {}
             scores["init_proxy"] = s.rank

@@ -340,20 +340,29 @@ class Through:
         self, aligner: Aligner, encoded: list[Encoded], ls: int | tuple[int, ...], lt: int, snap: float = 0.0
     ) -> float:
         """Mean held-out KL of the target reading the probes after this map's handover (lower is better), with the
-        mapped states moved ``snap`` of the way to the target's nearest embedding rows (``toward_vocabulary``)."""
+        mapped states moved ``snap`` of the way to the target's nearest embedding rows (``toward_vocabulary``; a map
+        into a deeper layer moves by its readout's, ``Aligner.readout``)."""
 
         def map_fn(x: torch.Tensor) -> torch.Tensor:
-            return toward_vocabulary(self.target, aligner.transform(x), snap)
+            tokens = aligner.read_tokens(x) if lt and snap else None
+            return toward_vocabulary(self.target, aligner.transform(x), snap, tokens=tokens)
 
         with frozen(self.target.model):
             return self.held_kl(map_fn, encoded, ls, lt)
 
     def choose_snap(
-        self, aligner: Aligner, encoded: list[Encoded], ls: int | tuple[int, ...], weights: list[float], kl0: float
+        self,
+        aligner: Aligner,
+        encoded: list[Encoded],
+        ls: int | tuple[int, ...],
+        weights: list[float],
+        kl0: float,
+        lt: int = 0,
     ) -> tuple[float, dict[float, float]]:
-        """The snap weight among ``weights`` with the lowest held-out KL for a map into the target's input
-        embeddings, and every weight's KL (``kl0``: the map's own KL, without a snap)."""
-        kls = {w: kl0 if w == 0.0 else self.score(aligner, encoded, ls, 0, w) for w in weights}
+        """The snap weight among ``weights`` with the lowest held-out KL for a map into layer ``lt`` (the target's
+        input embeddings, or a deeper layer with a readout into them), and every weight's KL (``kl0``: the map's own
+        KL, without a snap)."""
+        kls = {w: kl0 if w == 0.0 else self.score(aligner, encoded, ls, lt, w) for w in weights}
         return best_first("kl", sorted((kl, w) for w, kl in kls.items()))[0][1], kls
 
     def step_seconds(

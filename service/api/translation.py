@@ -25,6 +25,7 @@ class SourceSide:
     offsets: list[tuple[int, int]]
     timings_ms: dict[str, float]
     snap: float = 0.0  # the map's pull toward the target's embedding rows (``LayerMap.snap``), applied by the target
+    snap_tokens: torch.Tensor | None = None  # what the snap moves, for a map into a deeper layer (``LayerMap.tokens``)
 
 
 @dataclass
@@ -46,13 +47,18 @@ def source_side(src: LoadedModel, encoder: Encoder, text: str, layer_map: LayerM
     ]
     layer = layer_map.target_layer
     return SourceSide(
-        tokens, projected.mapped[layer], projected.offsets, projected.timings_ms, projected.snap.get(layer, 0.0)
+        tokens,
+        projected.mapped[layer],
+        projected.offsets,
+        projected.timings_ms,
+        projected.snap.get(layer, 0.0),
+        projected.tokens.get(layer),
     )
 
 
 def target_side(tgt: LoadedModel, req: TranslateRequest, layer: int, src: SourceSide) -> TargetSide:
     t0 = time.perf_counter()
-    out = TargetSide(toward_vocabulary(tgt, src.mapped, src.snap).float())
+    out = TargetSide(toward_vocabulary(tgt, src.mapped, src.snap, tokens=src.snap_tokens).float())
     if req.top_k:
         lens = logit_lens(tgt, out.mapped, req.top_k)
         out.logit_lens = [[LensEntry(token=t, id=i, prob=p) for t, i, p in row] for row in lens]

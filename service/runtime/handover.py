@@ -61,11 +61,17 @@ class LayerMap:
 
     @property
     def snap(self) -> float:
-        """The share of the way each mapped state moves toward the target's nearest embedding row before the target
-        reads it (``snap.toward_vocabulary``): chosen when the map was fitted, for maps into layer 0 only."""
-        if self.target_layer != 0:
+        """The share of the way each mapped state's token-identity part moves toward the target's nearest embedding
+        row before the target reads it (``snap.toward_vocabulary``): chosen when the map was fitted, for maps into
+        layer 0 and maps that carry a readout into it (``Aligner.readout``)."""
+        if self.target_layer != 0 and self.aligner.readout is None:
             return 0.0
         return self.snap_weight if self.snap_weight is not None else float(self.aligner.fit_info.get("snap", 0.0))
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor | None:
+        """What the snap moves toward the vocabulary for source states ``x``: the readout's input embeddings for a
+        deeper map, None for a map into layer 0 (its own states)."""
+        return self.aligner.read_tokens(x) if self.target_layer and self.snap else None
 
 
 @dataclass
@@ -85,6 +91,7 @@ class Projected:
     offsets: list[tuple[int, int]]
     timings_ms: dict[str, float] = field(default_factory=dict)
     snap: dict[int, float] = field(default_factory=dict)  # target layer -> snap weight of its map (``LayerMap.snap``)
+    tokens: dict[int, torch.Tensor] = field(default_factory=dict)  # target layer -> readout (``LayerMap.tokens``)
 
 
 def check_maps(mode: HandoverMode, maps: list[LayerMap], source: int, target: int) -> None:
@@ -122,10 +129,17 @@ def project(source: LoadedModel, text: str, maps: list[LayerMap], encoder: Encod
     t1 = time.perf_counter()
     if not enc.ids:
         raise ValueError(f"text has no tokens for {source.name}: a handover needs a non-empty text")
-    mapped = {m.target_layer: m.aligner.transform(enc.at(m.source_layers).to(torch.float32)) for m in maps}
+    mapped, tokens = {}, {}
+    for m in maps:
+        x = enc.at(m.source_layers).to(torch.float32)
+        mapped[m.target_layer] = m.aligner.transform(x)
+        read = m.tokens(x)
+        if read is not None:
+            tokens[m.target_layer] = read
     t2 = time.perf_counter()
     snap = {m.target_layer: m.snap for m in maps if m.snap}
-    return Projected(mapped, enc.ids, enc.offsets, {"encode": (t1 - t0) * 1e3, "project": (t2 - t1) * 1e3}, snap)
+    timings = {"encode": (t1 - t0) * 1e3, "project": (t2 - t1) * 1e3}
+    return Projected(mapped, enc.ids, enc.offsets, timings, snap, tokens)
 
 
 def build_prompt(
@@ -144,8 +158,9 @@ def build_prompt(
     is the same as before."""
     suffix_ids, _ = target.tokenize(suffix) if suffix else ([], [])
     mapped = {} if projected is None else {k: v.to(target.stack.dtype) for k, v in projected.mapped.items()}
-    for k, weight in (projected.snap if projected is not None else {}).items():
-        mapped[k] = toward_vocabulary(target, mapped[k], weight)
+    if projected is not None:
+        for k, weight in projected.snap.items():
+            mapped[k] = toward_vocabulary(target, mapped[k], weight, tokens=projected.tokens.get(k))
     if grid == "target" and projected is not None:
         rows = torch.tensor(grid_indices(projected.offsets, target.tokenize(text)[1]), dtype=torch.long)
         mapped = {k: v[rows.to(v.device)] for k, v in mapped.items()}

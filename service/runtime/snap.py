@@ -6,6 +6,11 @@ ones, and the target, which has only ever read table rows there, reads them as o
 moves each mapped state a share ``weight`` of the way to its nearest row (Euclidean, the rows as the target reads
 them, with its embedding scale): 0 leaves the map's output as it is, 1 replaces it by that row. Which share works
 best is a property of the map, chosen by ``fit`` on its proxy and stored with the map (``fit_info["snap"]``).
+
+Deeper, the same correction still applies: the target's residual stream carries each token's input embedding up
+unchanged (every block adds to it), so a state mapped into layer ℓ > 0 holds a token-identity part that a map into
+layer 0 reads out (``Aligner.readout``). ``toward_vocabulary`` with ``tokens`` (that readout) moves the state by
+``weight`` times (nearest row − readout): exactly the change the snap makes at layer 0, carried up to ℓ.
 """
 
 from __future__ import annotations
@@ -44,16 +49,26 @@ def nearest_rows(target: LoadedModel, states: torch.Tensor, candidates: torch.Te
 
 
 def toward_vocabulary(
-    target: LoadedModel, states: torch.Tensor, weight: float, candidates: torch.Tensor | None = None
+    target: LoadedModel,
+    states: torch.Tensor,
+    weight: float,
+    candidates: torch.Tensor | None = None,
+    tokens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``states`` (n, d) moved ``weight`` of the way to their nearest rows of the target's input-embedding table (among
     ``candidates`` only, when given), in the states' dtype and device; ``weight`` 0 returns them unchanged. The rows
-    are constants: a gradient reaches ``states`` scaled by 1 − ``weight``."""
+    are constants: a gradient reaches ``states`` scaled by 1 − ``weight``. With ``tokens`` (n, d: the states'
+    token-identity part as input embeddings, for states of a deeper layer) the nearest rows are ``tokens``' and the
+    states move by ``weight`` × (row − ``tokens``)."""
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"a snap weight is a share of the way to the nearest embedding row, in [0, 1], got {weight}")
     if weight == 0.0 or len(states) == 0:
         return states
+    if tokens is not None and tokens.shape != states.shape:
+        raise ValueError(f"tokens must have the states' shape {tuple(states.shape)}, got {tuple(tokens.shape)}")
     with torch.no_grad():
-        ids = nearest_rows(target, states, candidates)
+        ids = nearest_rows(target, states if tokens is None else tokens, candidates)
         rows = target.stack.embed(ids[None])[0].to(device=states.device, dtype=states.dtype)
-    return torch.lerp(states, rows, weight)  # exact at 1: the rows themselves
+    if tokens is None:
+        return torch.lerp(states, rows, weight)  # exact at 1: the rows themselves
+    return states + weight * (rows - tokens.to(device=states.device, dtype=states.dtype))

@@ -178,3 +178,24 @@ def test_pilots_too_short_to_tell_recipes_apart_are_not_run(
     (row,) = [r for r in result.rows if r["method"] == "distill"]
     assert row["recipe"] == unpiloted_recipe(None, None, None).label
     assert "no pilots: each would train" in result.markdown() and "| pilot steps |" not in result.markdown()
+
+
+@pytest.mark.slow
+def test_a_trained_deeper_map_carries_the_trained_map_into_the_embeddings_as_its_readout(
+    tiny_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """The map into layer 1 gets the trained map into layer 0 from the same source layer as its readout, and the
+    snap weight the ranking proxy scores lowest with it (0, no snap, among the candidates: never worse than none)."""
+    result = _fit(
+        tiny_dirs, tmp_path, "llama", "gemma3", layers="1", target_layers="0,1", methods="linear,distill", lr=1e-3
+    )
+    entries = {(e["target_layer"], e["method"]): e for e in MapStore(result.store).entries()}
+    into_embeddings = load(result.store / entries[(0, "distill")]["path"])[0]
+    deeper = load(result.store / entries[(1, "distill")]["path"])[0]
+    assert deeper.readout is not None and into_embeddings.readout is None
+    weight, bias = into_embeddings.affine_on(torch.device("cpu"), torch.float32)
+    assert torch.equal(deeper.readout[0], weight) and torch.equal(deeper.readout[1], bias)
+    assert load(result.store / entries[(1, "linear")]["path"])[0].readout is None  # only trained maps carry one
+    metrics = entries[(1, "distill")]["metrics"]
+    assert deeper.fit_info["snap"] == metrics["snap"] and metrics["snap"] in (0.0, 0.25, 0.5, 0.75)
+    assert metrics["proxy"] <= metrics["proxy_no_snap"]

@@ -321,17 +321,21 @@ def test_cli_trains_distill_maps_ranks_by_proxy_and_reports_curves(tiny_dirs: di
     assert (out / "learning-curves.png").stat().st_size > 0
     aligner, meta = load(out / trained[0]["path"])
     assert aligner.kind == "distill" and meta["train"]["steps"] >= 1 and "init_proxy" in meta["metrics"]
-    # Maps into the embeddings carry the snap weight with the lowest proxy KL among the candidates (0 among them:
-    # never worse than none); the runtime reads it from the file.
+    # Maps into the embeddings, and deeper maps that carry a readout into them (a trained map whose source layer the
+    # trained map into the embeddings reads too), carry the snap weight with the lowest proxy KL among the candidates
+    # (0 among them: never worse than none); the runtime reads it from the file.
+    (into_embeddings,) = [e for e in trained if e["target_layer"] == 0]
     for e in manifest["maps"]:
-        if e["target_layer"] != 0 or e.get("helper"):
+        readout = load(out / e["path"])[0].readout is not None
+        carries = e in trained and e["target_layer"] != 0 and e["source_layer"] == into_embeddings["source_layer"]
+        assert readout == carries
+        if (e["target_layer"] != 0 and not readout) or e.get("helper"):
             assert "snap" not in e["metrics"]
             continue
         m = e["metrics"]
         assert m["snap"] in (0.0, 0.25, 0.5, 0.75, 1.0) and m["kl"] <= m["proxy_no_snap"]
         assert load(out / e["path"])[0].fit_info["snap"] == m["snap"]
     # Trained into the embeddings through the snap its least-squares start chose (below 1: else unsnapped).
-    (into_embeddings,) = [e for e in trained if e["target_layer"] == 0]
     start = next(
         e["metrics"]["snap"]
         for e in manifest["maps"]

@@ -10,6 +10,7 @@ from aligners import build
 from service.runtime.generate import SamplingParams, generate
 from service.runtime.handover import LayerMap, prepare
 from service.runtime.loading import LoadedModel
+from service.runtime.modes import get_mode
 from service.runtime.snap import nearest_rows, toward_vocabulary
 
 TEXT = "the old mill of Varn was built in 1874 by Quill Halvard"
@@ -81,3 +82,54 @@ def test_a_noisy_identity_map_snapped_all_the_way_reproduces_native_generation(t
     assert generate(m, [snapped], params)[0].token_ids == native.token_ids
     # The snap belongs to maps into the input embeddings; an override (as `eval --snap`) replaces the map's own.
     assert LayerMap(0, 2, aligner).snap == 0.0 and LayerMap(0, 0, aligner, snap_weight=0.5).snap == 0.5
+
+
+def test_a_carried_snap_moves_deeper_states_by_the_correction_their_readout_needs(
+    tiny: dict[str, LoadedModel],
+) -> None:
+    m = tiny["gemma3"]
+    rows = table(m)
+    g = torch.Generator().manual_seed(4)
+    ids = torch.randint(3, len(rows), (20,), generator=g)
+    tokens = rows[ids] + 0.01 * torch.randn(20, rows.shape[1], generator=g)  # near the planted rows
+    states = torch.randn(20, rows.shape[1], generator=g) * 5  # a deeper layer's states: anything
+    torch.testing.assert_close(toward_vocabulary(m, states, 0.5, tokens=tokens), states + 0.5 * (rows[ids] - tokens))
+    assert torch.equal(toward_vocabulary(m, states, 0.5, tokens=rows[ids]), states)  # nothing to correct
+    with pytest.raises(ValueError, match="tokens must have the states' shape"):
+        toward_vocabulary(m, states, 0.5, tokens=tokens[:3])
+
+
+@pytest.mark.parametrize("mode", ["replace", "full"])
+def test_an_error_in_the_token_part_of_a_deeper_map_is_undone_by_its_carried_snap(
+    tiny: dict[str, LoadedModel], mode: str
+) -> None:
+    """Planted: the target hands its own states to itself, source layers 0 (its input embeddings) and 2 concatenated
+    into layer 2. The map is the identity on layer 2 plus an error that depends only on the token embeddings,
+    (A − I)·h0, and its readout is the same noisy map of the embeddings, A·h0, which still finds each token's row.
+    Snapped all the way, the correction row − A·h0 = −(A − I)·h0 cancels the error: the target must then read its own
+    layer-2 states and generate exactly as its identity control does."""
+    m = tiny["gemma3"]
+    d, layer = m.hidden_size, 2
+    g = torch.Generator().manual_seed(5)
+    noisy = torch.eye(d) + 0.02 * torch.randn(d, d, generator=g)  # A
+    aligner = build("linear")
+    aligner.set_state({"weight": torch.cat([noisy - torch.eye(d), torch.eye(d)], dim=1)}, 2 * d, d)
+    aligner.set_readout(torch.cat([noisy, torch.zeros(d, d)], dim=1), torch.zeros(d))
+    below = []
+    if mode == "full":  # the blocks below are fed the target's own states: identity maps from the same layer
+        for k in range(layer):
+            ident = build("linear")
+            ident.set_state({"weight": torch.eye(d)}, d, d)
+            below.append(LayerMap(k, k, ident))
+    deep = LayerMap(layer, layer, aligner, (0,))
+    assert deep.snap == 0.0  # no weight chosen yet: the states as mapped
+    unsnapped = prepare(m, m, TEXT, SUFFIX, mode, [*below, deep]).prompt
+    aligner.fit_info["snap"] = 1.0  # as `fit` records the chosen weight
+    snapped = prepare(m, m, TEXT, SUFFIX, mode, [*below, LayerMap(layer, layer, aligner, (0,))]).prompt
+    identity = get_mode(mode).identity(m, TEXT, m.tokenize(SUFFIX)[0], layer)
+    assert unsnapped.states is not None and snapped.states is not None and identity.states is not None
+    error = (unsnapped.states.float() - identity.states.float()).abs().max()
+    assert error > 1e-2  # the planted error is there before the snap
+    torch.testing.assert_close(snapped.states.float(), identity.states.float(), rtol=1e-4, atol=1e-4 * float(error))
+    params = SamplingParams(max_new_tokens=8)
+    assert generate(m, [snapped], params)[0].token_ids == generate(m, [identity], params)[0].token_ids

@@ -160,3 +160,29 @@ def test_corrupt_and_foreign_files(tmp_path: Path) -> None:
     truncated.write_bytes(good.read_bytes()[:-40])
     with pytest.raises(MapFileError, match="truncated.safetensors"):
         load(truncated)
+
+
+def test_a_readout_round_trips_and_a_half_one_is_refused(tmp_path: Path) -> None:
+    x, y = data()
+    m = build("linear").fit(x, y)
+    g = torch.Generator().manual_seed(3)
+    weight, bias = torch.randn(10, 12, generator=g), torch.randn(10, generator=g)
+    m.set_readout(weight, bias)
+    torch.testing.assert_close(m.read_tokens(x), x @ weight.T + bias)  # an independent affine computation
+    path = tmp_path / "with_readout.safetensors"
+    m.save(str(path))
+    loaded = load(path)[0]
+    assert loaded.readout is not None and all(
+        torch.equal(a, b) for a, b in zip(loaded.readout, (weight, bias), strict=True)
+    )
+    assert set(loaded.tensors or {}) == set(m.tensors or {})  # the readout is not part of the map itself
+    with pytest.raises(ValueError, match=r"needs weight \(10, 12\) and bias \(10,\)"):
+        m.set_readout(weight.T, bias)
+    with pytest.raises(ValueError, match="has no readout"):
+        build("linear").fit(x, y).read_tokens(x)
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    del tensors["readout.bias"]
+    half = write_with_header(tmp_path / "half.safetensors", read_header(path), tensors)
+    with pytest.raises(MapFileError, match="half.safetensors.*readout needs both"):
+        load(half)

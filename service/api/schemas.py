@@ -138,8 +138,9 @@ class TranslateResponse(BaseModel):
     shape: list[int]
     snap: float = Field(
         0.0,
-        description="how far the mapped states were moved toward B's nearest input-embedding rows before B reads "
-        "them (0 = as mapped, 1 = the rows; maps into layer 0 carry it from their fit)",
+        description="how far the mapped states' token part was moved toward B's nearest input-embedding rows before "
+        "B reads them (0 = as mapped, 1 = the rows; maps into layer 0, and deeper maps with a readout into it, carry "
+        "it from their fit)",
     )
     states: States | None = Field(None, description="the mapped states as B reads them (snap applied)")
     logit_lens: list[list[LensEntry]] | None = None

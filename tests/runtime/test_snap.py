@@ -3,10 +3,15 @@ again, and a noisy identity map snapped all the way must hand a model exactly wh
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
 from aligners import build
+from service.api.schemas import TranslateRequest
+from service.api.translation import source_side, target_side
+from service.runtime.encode import encode
 from service.runtime.generate import SamplingParams, generate
 from service.runtime.handover import LayerMap, prepare
 from service.runtime.loading import LoadedModel
@@ -133,3 +138,29 @@ def test_an_error_in_the_token_part_of_a_deeper_map_is_undone_by_its_carried_sna
     torch.testing.assert_close(snapped.states.float(), identity.states.float(), rtol=1e-4, atol=1e-4 * float(error))
     params = SamplingParams(max_new_tokens=8)
     assert generate(m, [snapped], params)[0].token_ids == generate(m, [identity], params)[0].token_ids
+
+
+def test_translate_returns_a_deeper_maps_states_with_their_carried_snap(tiny: dict[str, LoadedModel]) -> None:
+    """/translate's two halves (the source side projects, the target side applies the snap): the states it returns
+    for a map into layer 2 with a readout are the map's own plus weight × (nearest row − readout)."""
+    m = tiny["gemma3"]
+    d, layer = m.hidden_size, 2
+    g = torch.Generator().manual_seed(6)
+    aligner = build("linear")
+    aligner.set_state({"weight": torch.randn(d, d, generator=g) / d**0.5}, d, d)
+    readout = torch.eye(d) + 0.02 * torch.randn(d, d, generator=g)  # a noisy map of the embeddings
+    aligner.set_readout(readout, torch.zeros(d))
+    aligner.fit_info["snap"] = 0.5
+
+    def encoder(texts: list[str], at: list[int]) -> list[Any]:
+        return encode(m, texts, at)
+
+    src = source_side(m, encoder, TEXT, LayerMap(0, layer, aligner))
+    out = target_side(m, TranslateRequest(source="a", target="b", text=TEXT), layer, src)
+    h0 = encode(m, [TEXT], [0])[0].at(0).float()
+    tokens = h0 @ readout.T
+    ids = torch.tensor(m.tokenize(TEXT)[0])
+    assert torch.equal(nearest_rows(m, tokens).cpu(), ids)  # the noisy readout still finds each token's own row
+    expected = aligner.transform(h0) + 0.5 * (table(m)[ids] - tokens)
+    torch.testing.assert_close(out.mapped, expected, rtol=1e-4, atol=1e-4)
+    assert src.snap == 0.5

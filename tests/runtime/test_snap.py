@@ -85,7 +85,8 @@ def test_a_noisy_identity_map_snapped_all_the_way_reproduces_native_generation(t
     assert snapped.states is not None
     assert torch.equal(snapped.states.float(), table(m)[m.tokenize(TEXT)[0]])
     assert generate(m, [snapped], params)[0].token_ids == native.token_ids
-    # The snap belongs to maps into the input embeddings; an override (as `eval --snap`) replaces the map's own.
+    # The snap belongs to maps into the input embeddings (and deeper maps that carry a readout, which this one does
+    # not); an override (as `eval --snap`) replaces the map's own.
     assert LayerMap(0, 2, aligner).snap == 0.0 and LayerMap(0, 0, aligner, snap_weight=0.5).snap == 0.5
 
 
